@@ -1,0 +1,225 @@
+"""Classification metrics (from confusion matrices and ranks) and seeded bootstrap intervals."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from unipipe.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "METRICS",
+    "MetricInput",
+    "auroc",
+    "balanced_accuracy",
+    "bootstrap_ci",
+    "compute_metrics",
+    "quadratic_weighted_kappa",
+    "top_k_accuracy",
+    "weighted_f1",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricInput:
+    """What every metric reads: labels, hard predictions and class scores of one test set.
+
+    Attributes:
+        y_true: (N,) int class indices in [0, n_classes).
+        y_pred: (N,) int predicted class indices.
+        probs: (N, K) class scores (probabilities for linear, vote fractions for k-NN).
+        weights: (N,) sample weights; a bootstrap resample is integer counts, None = all 1.
+    """
+
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray
+    weights: np.ndarray | None = None
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes K (columns of ``probs``)."""
+        return int(self.probs.shape[1])
+
+
+def _confusion(inp: MetricInput) -> np.ndarray:
+    """(K, K) weighted confusion matrix; rows are true classes, columns predictions."""
+    k = inp.n_classes
+    codes = inp.y_true.astype(np.int64) * k + inp.y_pred.astype(np.int64)
+    counts = np.bincount(codes, weights=inp.weights, minlength=k * k)
+    return counts.reshape(k, k).astype(np.float64)
+
+
+def balanced_accuracy(inp: MetricInput) -> float:
+    """Mean recall over the classes present in ``y_true`` (scikit-learn's definition)."""
+    cm = _confusion(inp)
+    support = cm.sum(axis=1)
+    present = support > 0
+    return float(np.mean(np.diag(cm)[present] / support[present]))
+
+
+def weighted_f1(inp: MetricInput) -> float:
+    """Per-class F1 averaged with weights = true-class support; F1 of an unpredicted class is 0."""
+    cm = _confusion(inp)
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(np.sum(f1 * support) / np.sum(support))
+
+
+def quadratic_weighted_kappa(inp: MetricInput) -> float:
+    """Cohen's kappa with quadratic disagreement weights (i - j)^2 on the class index grid."""
+    cm = _confusion(inp)
+    k = inp.n_classes
+    grid = np.arange(k, dtype=np.float64)
+    disagreement = (grid[:, None] - grid[None, :]) ** 2
+    expected = np.outer(cm.sum(axis=1), cm.sum(axis=0)) / cm.sum()
+    denom = np.sum(disagreement * expected)
+    if denom == 0:
+        return float("nan")
+    return float(1.0 - np.sum(disagreement * cm) / denom)
+
+
+def _binary_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None) -> float:
+    """Weighted Mann-Whitney AUC: P(score_pos > score_neg) + 0.5 P(tie); NaN if a side is empty."""
+    w = np.ones(len(scores)) if weights is None else weights.astype(np.float64)
+    uniq, inverse = np.unique(scores, return_inverse=True)
+    pos = np.bincount(inverse, weights=w * positive, minlength=len(uniq))
+    neg = np.bincount(inverse, weights=w * ~positive, minlength=len(uniq))
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    neg_below = np.cumsum(neg) - neg
+    return float(np.sum(pos * (neg_below + 0.5 * neg)) / (n_pos * n_neg))
+
+
+def auroc(inp: MetricInput) -> float:
+    """Binary: AUC of the class-1 score. Multi-class: one-vs-one macro AUC (Hand and Till).
+
+    Each class pair (a, b) uses only the samples of a or b and averages AUC(a vs b on score a)
+    and AUC(b vs a on score b), as scikit-learn's ``multi_class="ovo", average="macro"`` does.
+    """
+    if inp.n_classes == 2:
+        return _binary_auc(inp.probs[:, 1], inp.y_true == 1, inp.weights)
+    pair_aucs = []
+    for a in range(inp.n_classes):
+        for b in range(a + 1, inp.n_classes):
+            mask = (inp.y_true == a) | (inp.y_true == b)
+            w = None if inp.weights is None else inp.weights[mask]
+            y = inp.y_true[mask]
+            auc_a = _binary_auc(inp.probs[mask, a], y == a, w)
+            auc_b = _binary_auc(inp.probs[mask, b], y == b, w)
+            pair_aucs.append(0.5 * (auc_a + auc_b))
+    return float(np.mean(pair_aucs))
+
+
+def top_k_accuracy(inp: MetricInput, k: int) -> float:
+    """Fraction (weighted) of samples whose true class is among the k highest scores.
+
+    Equal scores are ordered by class index (lower first), a deterministic tie rule.
+    """
+    order = np.argsort(-inp.probs, axis=1, kind="stable")[:, :k]
+    hit = (order == inp.y_true[:, None]).any(axis=1).astype(np.float64)
+    w = np.ones(len(hit)) if inp.weights is None else inp.weights
+    return float(np.sum(hit * w) / np.sum(w))
+
+
+MetricFn = Callable[[MetricInput], float]
+
+# Name used in config/tasks.yaml and metrics.json -> function.
+METRICS: dict[str, MetricFn] = {
+    "balanced_accuracy": balanced_accuracy,
+    "weighted_f1": weighted_f1,
+    "auroc": auroc,
+    "qwk": quadratic_weighted_kappa,
+    "top1": lambda inp: top_k_accuracy(inp, 1),
+    "top3": lambda inp: top_k_accuracy(inp, 3),
+    "top5": lambda inp: top_k_accuracy(inp, 5),
+}
+
+
+def bootstrap_ci(
+    inp: MetricInput,
+    metric: MetricFn,
+    *,
+    n_resamples: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric`` over resamples of the test set.
+
+    A resample draws N test samples with replacement (seeded numpy PCG64), expressed as
+    integer weights so every metric is computed exactly on the resampled multiset.
+    Resamples where the metric is undefined (e.g. AUROC with one class drawn) are dropped.
+
+    Returns:
+        (low, high) at the (1 - ci) / 2 and (1 + ci) / 2 quantiles; NaNs when undefined.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(inp.y_true)
+    values = np.empty(n_resamples)
+    for i in range(n_resamples):
+        counts = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
+        values[i] = metric(
+            MetricInput(y_true=inp.y_true, y_pred=inp.y_pred, probs=inp.probs, weights=counts)
+        )
+    finite = values[np.isfinite(values)]
+    if len(finite) < n_resamples:
+        logger.info("bootstrap: %s of %s resamples undefined", n_resamples - len(finite), n)
+    if len(finite) == 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - ci) / 2.0
+    low, high = np.quantile(finite, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def compute_metrics(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    probs: np.ndarray,
+    *,
+    names: Sequence[str],
+    n_resamples: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Each named metric with its bootstrap interval: ``{name: {value, ci_low, ci_high}}``.
+
+    Args:
+        y_true: (N,) true class indices.
+        y_pred: (N,) predicted class indices.
+        probs: (N, K) class scores.
+        names: keys of ``METRICS``.
+        n_resamples: bootstrap resamples; 0 skips the intervals (NaN bounds).
+        ci: interval coverage, e.g. 0.95.
+        seed: bootstrap seed; every metric reuses the same resamples.
+    """
+    unknown = sorted(set(names) - set(METRICS))
+    if unknown:
+        raise ConfigError(
+            f"unknown metric(s) {unknown} in task 'metrics'; known: {sorted(METRICS)}"
+        )
+    inp = MetricInput(
+        y_true=np.asarray(y_true, dtype=np.int64),
+        y_pred=np.asarray(y_pred, dtype=np.int64),
+        probs=np.asarray(probs, dtype=np.float64),
+    )
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        fn = METRICS[name]
+        if name.startswith("top") and int(name[3:]) > inp.n_classes:
+            continue
+        low, high = (
+            bootstrap_ci(inp, fn, n_resamples=n_resamples, ci=ci, seed=seed)
+            if n_resamples > 0
+            else (float("nan"), float("nan"))
+        )
+        out[name] = {"value": fn(inp), "ci_low": low, "ci_high": high}
+    return out

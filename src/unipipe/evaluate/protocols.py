@@ -1,0 +1,323 @@
+"""ROI-level evaluation protocols on frozen features: linear probe, k-NN and SimpleShot.
+
+Every protocol is a function ``(train_x, train_y, test_x, *, n_classes, params, seed) ->
+ProtocolOutput`` registered in ``PROTOCOLS`` together with its parameter dataclass.
+
+Linear probe, and what UNI's ``C = D * K / 100`` means:
+UNI's published code (``use_sklearn=False``, its default) fits a K-output softmax layer with
+torch L-BFGS (strong-Wolfe line search, weights and bias initialised at 0) on
+``mean cross-entropy + (1 / C) * 0.5 * ||W||_F`` - note the Frobenius norm is *not*
+squared and the bias is not penalised. That is backend ``"uni_torch"`` here (the default).
+scikit-learn's ``C`` means something else: lbfgs minimises
+``C * sum cross-entropy + 0.5 * ||W||_F^2`` (equivalently mean loss + ||W||^2 / (2 C N)),
+also with the intercept unpenalised (checked in sklearn 1.9.1 ``_linear_loss.py``: the
+L2 term takes the coefficients without the intercept). Backend ``"sklearn"`` passes the same
+number as sklearn's C, as UNI's ``use_sklearn=True`` path did; with 2 classes sklearn fits
+one binomial weight vector, not a 2-way softmax. The two backends therefore regularise
+differently for the same C and give (slightly) different probes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from unipipe.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PROTOCOLS",
+    "KnnParams",
+    "LinearParams",
+    "Protocol",
+    "ProtocolOutput",
+    "SimpleShotParams",
+    "center_normalize",
+    "get_protocol",
+    "knn_protocol",
+    "linear_protocol",
+    "simpleshot_protocol",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProtocolOutput:
+    """Predictions of one protocol on the test set.
+
+    Attributes:
+        pred: (N_test,) int64 predicted class indices.
+        probs: (N_test, K) float64 class scores used for AUROC / top-k.
+        extra: protocol-specific results (e.g. metrics at other k), JSON-able.
+    """
+
+    pred: np.ndarray
+    probs: np.ndarray
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearParams:
+    """Linear probe settings (config key ``evaluate.linear``).
+
+    Attributes:
+        max_iter: L-BFGS iterations (UNI: 1000).
+        C: inverse regularisation; None = UNI's rule feature_dim * n_classes / 100.
+        backend: ``uni_torch`` (UNI's objective, see module docstring) or ``sklearn``.
+        tol: gradient tolerance of L-BFGS (torch ``tolerance_grad``, sklearn ``tol``).
+    """
+
+    max_iter: int = 1000
+    C: float | None = None
+    backend: Literal["uni_torch", "sklearn"] = "uni_torch"
+    tol: float = 1e-7
+
+    def __post_init__(self) -> None:
+        if self.max_iter < 1:
+            raise ConfigError(f"evaluate.linear.max_iter must be >= 1, got {self.max_iter}")
+        if self.C is not None and self.C <= 0:
+            raise ConfigError(f"evaluate.linear.C must be > 0 or null, got {self.C}")
+        if self.backend not in ("uni_torch", "sklearn"):
+            raise ConfigError(
+                f"evaluate.linear.backend must be 'uni_torch' or 'sklearn', got {self.backend!r}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class KnnParams:
+    """k-NN settings (config key ``evaluate.knn``).
+
+    Attributes:
+        k: neighbours for the reported prediction (UNI: 20).
+        extra_k: further k whose balanced accuracy is also reported (UNI also shows 1-NN).
+        chunk_rows: test rows per distance block (bounds memory to chunk_rows x N_train).
+    """
+
+    k: int = 20
+    extra_k: tuple[int, ...] = (1,)
+    chunk_rows: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or any(k < 1 for k in self.extra_k):
+            raise ConfigError(f"evaluate.knn.k and extra_k must be >= 1, got {self.k}")
+        if self.chunk_rows < 1:
+            raise ConfigError(f"evaluate.knn.chunk_rows must be >= 1, got {self.chunk_rows}")
+        object.__setattr__(self, "extra_k", tuple(int(k) for k in self.extra_k))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimpleShotParams:
+    """SimpleShot settings (config key ``evaluate.simpleshot``).
+
+    Attributes:
+        temperature: softmax temperature turning -distance into class scores (AUROC only).
+    """
+
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(
+                f"evaluate.simpleshot.temperature must be > 0, got {self.temperature}"
+            )
+
+
+def center_normalize(train_x: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Subtract the train mean from every set, then L2-normalise each row (UNI's k-NN frame)."""
+    mean = train_x.mean(axis=0, keepdims=True)
+    out = []
+    for x in (train_x, *others):
+        centred = (x - mean).astype(np.float32)
+        norm = np.linalg.norm(centred, axis=1, keepdims=True)
+        out.append(centred / np.maximum(norm, 1e-12))
+    return tuple(out)
+
+
+def _uni_torch_logreg(
+    x: np.ndarray, y: np.ndarray, test_x: np.ndarray, n_classes: int, c: float, p: LinearParams
+) -> np.ndarray:
+    """UNI's torch probe: softmax layer, zero init, L-BFGS on CE + (0.5 / C) ||W||_F."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = torch.from_numpy(y.astype(np.int64))
+    layer = torch.nn.Linear(x.shape[1], n_classes)
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
+    opt = torch.optim.LBFGS(
+        layer.parameters(),
+        max_iter=p.max_iter,
+        tolerance_grad=p.tol,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logits = layer(xt)  # (N, K)
+        loss = torch.nn.functional.cross_entropy(logits, yt) + (0.5 / c) * layer.weight.norm()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        logits = layer(torch.from_numpy(np.ascontiguousarray(test_x, dtype=np.float32)))
+        return torch.softmax(logits, dim=1).double().numpy()
+
+
+def _sklearn_logreg(
+    x: np.ndarray, y: np.ndarray, test_x: np.ndarray, n_classes: int, c: float, p: LinearParams
+) -> np.ndarray:
+    """scikit-learn lbfgs logistic regression with C passed through unchanged."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=c, max_iter=p.max_iter, tol=p.tol, solver="lbfgs")
+    model.fit(x, y)
+    probs = np.zeros((len(test_x), n_classes))
+    probs[:, model.classes_] = model.predict_proba(test_x)
+    return probs
+
+
+_LOGREG_BACKENDS = {"uni_torch": _uni_torch_logreg, "sklearn": _sklearn_logreg}
+
+
+def linear_protocol(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    *,
+    n_classes: int,
+    params: LinearParams,
+    seed: int,
+) -> ProtocolOutput:
+    """Multinomial logistic regression on raw (unstandardised) features.
+
+    ``C`` defaults to feature_dim x n_classes / 100 (UNI); ``seed`` seeds torch for parity,
+    although both backends start from a deterministic point.
+    """
+    c = params.C if params.C is not None else train_x.shape[1] * n_classes / 100.0
+    logger.info("linear probe: backend=%s C=%s max_iter=%s", params.backend, c, params.max_iter)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        probs = _LOGREG_BACKENDS[params.backend](train_x, train_y, test_x, n_classes, c, params)
+    pred = np.argmax(probs, axis=1).astype(np.int64)
+    return ProtocolOutput(pred=pred, probs=probs, extra={"C": c, "backend": params.backend})
+
+
+def _neighbours(
+    train_x: np.ndarray, test_x: np.ndarray, k: int, chunk_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (N_test, k) of the k nearest train rows by Euclidean distance, nearest first.
+
+    Rows are unit vectors so ||a - b||^2 = 2 - 2 a.b; equal distances keep the lower train
+    index first (the sort below is stable on the similarity order).
+    """
+    train_t = torch.from_numpy(train_x)
+    idx_blocks, sim_blocks = [], []
+    for start in range(0, len(test_x), chunk_rows):
+        block = torch.from_numpy(test_x[start : start + chunk_rows])
+        sim = block @ train_t.T  # (B, N_train)
+        top_sim, top_idx = torch.topk(sim, k, dim=1, largest=True, sorted=True)
+        # topk's order among equal values is unspecified: re-sort by (-sim, index).
+        order = np.lexsort((top_idx.numpy(), -top_sim.numpy()), axis=1)
+        idx_blocks.append(np.take_along_axis(top_idx.numpy(), order, axis=1))
+        sim_blocks.append(np.take_along_axis(top_sim.numpy(), order, axis=1))
+    return np.concatenate(idx_blocks), np.concatenate(sim_blocks)
+
+
+def _vote(neigh_labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Majority vote over (N, k) neighbour labels ordered nearest first.
+
+    Tie rule: among the classes with the most votes, the one whose nearest member ranks
+    first wins. Returns (pred, vote fractions (N, K)).
+    """
+    n, k = neigh_labels.shape
+    counts = np.zeros((n, n_classes))
+    first_rank = np.full((n, n_classes), k, dtype=np.int64)
+    rows = np.arange(n)
+    for rank in range(k - 1, -1, -1):
+        labels = neigh_labels[:, rank]
+        counts[rows, labels] += 1
+        first_rank[rows, labels] = rank
+    score = counts * (k + 1) - first_rank
+    return np.argmax(score, axis=1).astype(np.int64), counts / k
+
+
+def knn_protocol(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    *,
+    n_classes: int,
+    params: KnnParams,
+    seed: int,
+) -> ProtocolOutput:
+    """k-NN on centred, L2-normalised features; class scores are the vote fractions.
+
+    ``extra["predictions_at_k"]`` holds the predictions at each ``params.extra_k`` (as
+    lists), which run_evaluate scores too.
+    """
+    del seed  # deterministic
+    tr, te = center_normalize(train_x, test_x)
+    k_max = min(max((params.k, *params.extra_k)), len(tr))
+    idx, _ = _neighbours(tr, te, k_max, params.chunk_rows)
+    labels = train_y.astype(np.int64)[idx]  # (N_test, k_max)
+    pred, probs = _vote(labels[:, : min(params.k, k_max)], n_classes)
+    at_k = {str(k): _vote(labels[:, : min(k, k_max)], n_classes)[0] for k in params.extra_k}
+    return ProtocolOutput(pred=pred, probs=probs, extra={"k": params.k, "predictions_at_k": at_k})
+
+
+def simpleshot_protocol(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    *,
+    n_classes: int,
+    params: SimpleShotParams,
+    seed: int,
+) -> ProtocolOutput:
+    """Nearest class mean (prototypes of centred, normalised train rows), Euclidean.
+
+    Class scores are softmax(-distance / temperature); prototypes are not re-normalised.
+    """
+    del seed
+    tr, te = center_normalize(train_x, test_x)
+    protos = np.stack([tr[train_y == c].mean(axis=0) for c in range(n_classes)])  # (K, D)
+    sq = (te**2).sum(1)[:, None] + (protos**2).sum(1)[None, :] - 2.0 * te @ protos.T  # (N, K)
+    dist = np.sqrt(np.maximum(sq, 0.0))
+    logits = -dist.astype(np.float64) / params.temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return ProtocolOutput(pred=np.argmin(dist, axis=1).astype(np.int64), probs=probs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Protocol:
+    """A registered protocol: its function and its parameter dataclass."""
+
+    fn: Callable[..., ProtocolOutput]
+    params_cls: type
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "linear": Protocol(fn=linear_protocol, params_cls=LinearParams),
+    "knn": Protocol(fn=knn_protocol, params_cls=KnnParams),
+    "simpleshot": Protocol(fn=simpleshot_protocol, params_cls=SimpleShotParams),
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    """The registered protocol ``name``; the error lists the registered names."""
+    if name not in PROTOCOLS:
+        raise ConfigError(
+            f"unknown protocol {name!r} in task 'protocols'; known: {sorted(PROTOCOLS)}"
+        )
+    return PROTOCOLS[name]
+
+
+def params_fields(name: str) -> list[str]:
+    """Field names of the parameter dataclass of protocol ``name`` (for config help)."""
+    return [f.name for f in dataclasses.fields(get_protocol(name).params_cls)]
