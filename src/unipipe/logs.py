@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
-__all__ = ["setup_logging"]
+from unipipe.errors import UnipipeError
+
+__all__ = ["setup_logging", "stage_logging"]
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -21,3 +25,21 @@ def setup_logging(log_path: str | os.PathLike[str] | None = None, level: int = l
         handlers.append(logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=level, format=_FORMAT, handlers=handlers, force=True)
     logging.captureWarnings(True)
+
+
+@contextlib.contextmanager
+def stage_logging(log_path: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Log to the rule's log file; turn a UnipipeError into one clear line and exit code 1.
+
+    Unexpected exceptions keep their traceback, in the log file and on stderr.
+    """
+    setup_logging(log_path)
+    log = logging.getLogger("unipipe")
+    try:
+        yield
+    except UnipipeError as err:
+        log.error("%s", err)
+        sys.exit(f"unipipe: {err}")
+    except Exception:
+        log.exception("stage failed")
+        raise

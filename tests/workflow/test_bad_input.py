@@ -1,0 +1,82 @@
+"""Bad slides and configs fail with messages that name the file and the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from tests.conftest import RESOURCES, SLIDES
+from tests.workflow.test_dag import make_workdir, snakemake
+
+pytestmark = pytest.mark.xdist_group("bad_input")
+
+
+def _tiff_without_mpp(path):
+    """A real H&E tile saved as a plain TIFF with no resolution tags."""
+    tile = np.asarray(Image.open(RESOURCES / "qc/tiles/medium-nuclei-score-level1-2.png").convert("RGB"))
+    tifffile.imwrite(path, np.tile(tile, (2, 2, 1)), photometric="rgb")
+    return path
+
+
+@pytest.mark.slow
+def test_bad_input_broken_slides_fail_alone_with_keep_going(tmp_path):
+    """A missing path, a non-slide and a slide without mpp fail; the real slide still finishes."""
+    not_a_slide = tmp_path / "notes.svs"
+    not_a_slide.write_text("this is a text file, not a slide\n")
+    slides = {
+        "good": SLIDES / "CMU-1-Small-Region.svs",
+        "missing": tmp_path / "does-not-exist.svs",
+        "not_a_slide": not_a_slide,
+        "no_mpp": _tiff_without_mpp(tmp_path / "no_mpp.tif"),
+    }
+    workdir = make_workdir(tmp_path / "run", slides)
+    targets = [f"results/shards/{sid}.zarr" for sid in slides]
+    proc = snakemake(workdir, "--keep-going", *targets, check=False)
+    output = proc.stdout + proc.stderr
+
+    assert proc.returncode != 0
+    assert (workdir / "results/shards/good.zarr/zarr.json").is_file()
+    for sid in ("missing", "not_a_slide", "no_mpp"):
+        assert f"'{sid}'" in output, f"no message names slide {sid!r}"
+        assert not (workdir / f"results/curate/{sid}/tissue.png").exists()
+        assert not (workdir / f"results/shards/{sid}.zarr").exists()
+    assert "mpp" in output and "slides.tsv" in output
+
+
+@pytest.mark.slow
+def test_bad_input_manifest_mpp_override_rescues_slide(tmp_path):
+    """The same slide without mpp metadata curates once the manifest gives its mpp."""
+    slides = {"no_mpp": _tiff_without_mpp(tmp_path / "no_mpp.tif")}
+    workdir = make_workdir(tmp_path / "run", slides, mpp={"no_mpp": 0.5})
+    snakemake(workdir, "results/curate/no_mpp/tissue.png")
+    assert (workdir / "results/curate/no_mpp/tissue.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("config_text", "expected"),
+    [
+        ("seeds: 3\n", "seeds"),
+        ("evaluate:\n  tasks: [no_such_task]\n", "no_such_task"),
+        ("evaluate:\n  encoders: [no_such_encoder]\n", "no_such_encoder"),
+        ("pretrain:\n  gpus: -1\n", "gpus"),
+    ],
+)
+def test_bad_input_invalid_config_fails_at_start(tmp_path, config_text, expected):
+    """An invalid config is refused before any job runs, naming the offending key."""
+    workdir = make_workdir(tmp_path / "run", {"good": SLIDES / "CMU-1-Small-Region.svs"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config_text)
+    proc = snakemake(workdir, "-n", configfiles=(bad,), check=False)
+    assert proc.returncode != 0
+    assert expected in proc.stdout + proc.stderr
+
+
+def test_bad_input_invalid_manifest_fails_at_start(tmp_path):
+    """A manifest row with a non-numeric mpp is refused at start-up, naming the column."""
+    workdir = make_workdir(tmp_path / "run", {"good": SLIDES / "CMU-1-Small-Region.svs"})
+    (workdir / "slides.tsv").write_text("slide_id\tpath\tmpp\ngood\tx.svs\tabc\n")
+    proc = snakemake(workdir, "-n", check=False)
+    assert proc.returncode != 0
+    assert "mpp" in proc.stdout + proc.stderr

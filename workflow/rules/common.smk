@@ -1,0 +1,142 @@
+"""Config and manifest validation, shared paths and input functions."""
+
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from snakemake.utils import validate
+
+_log = logging.getLogger("unipipe.workflow")
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+# Jobs import unipipe from this checkout, so a conda environment (which holds only the
+# third-party pins of envs/*.yaml) runs the same library code as the workflow.
+_src = str(Path(workflow.basedir) / "src")
+if _src not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_src, os.environ.get("PYTHONPATH")]))
+
+RESULTS = config["results_dir"].rstrip("/")
+ENVS = "../../envs"
+
+
+def _read_manifest(path):
+    """The slide manifest as a DataFrame indexed by slide_id, checked against its schema."""
+    manifest = pd.read_csv(path, sep="\t", dtype={"slide_id": str, "path": str}, comment="#")
+    manifest = manifest.dropna(how="all")
+    validate(manifest, schema="../schemas/slides.schema.yaml")
+    duplicated = manifest["slide_id"][manifest["slide_id"].duplicated()].tolist()
+    if duplicated:
+        raise ValueError(
+            f"{path}: slide_id must be unique, repeated: {duplicated}; rename them in the manifest"
+        )
+    return manifest.set_index("slide_id", drop=False)
+
+
+SLIDES = _read_manifest(config["slides"])
+
+for _sid, _row in SLIDES.iterrows():
+    if not Path(_row["path"]).exists():
+        # Not fatal here: that slide's own jobs fail with the fix, the rest run (--keep-going).
+        _log.warning(
+            "slide %r: %s does not exist; fix the path column of %s",
+            _sid,
+            _row["path"],
+            config["slides"],
+        )
+
+
+wildcard_constraints:
+    slide="|".join(map(str, SLIDES.index)) if len(SLIDES) else "[^/]+",
+    encoder="[A-Za-z0-9._-]+",
+    task="[A-Za-z0-9._-]+",
+    protocol="[A-Za-z0-9._-]+",
+
+
+with open(config["tasks"]) as _fh:
+    TASKS = {task["id"]: task for task in yaml.safe_load(_fh)["tasks"]}
+
+for _tid in config["evaluate"]["tasks"]:
+    if _tid not in TASKS:
+        raise ValueError(
+            f"config evaluate.tasks names {_tid!r}, which is not in {config['tasks']}; "
+            f"known tasks: {sorted(TASKS)}"
+        )
+
+
+for _name in config["evaluate"]["encoders"]:
+    if _name not in config["encoders"]:
+        raise ValueError(
+            f"config evaluate.encoders names {_name!r}, which is not under `encoders:`; "
+            f"defined: {sorted(config['encoders'])}"
+        )
+
+
+def slide_row(wildcards):
+    return SLIDES.loc[wildcards.slide]
+
+
+def slide_mpp(wildcards):
+    """The manifest's mpp override for a slide, or None to use the file's metadata."""
+    mpp = SLIDES.loc[wildcards.slide].get("mpp")
+    return None if pd.isna(mpp) else float(mpp)
+
+
+def get_slide_input(wildcards):
+    """The slide file as a job input, so a changed slide reruns its chain.
+
+    A missing path is left out of the inputs: the job then runs and fails with a message
+    naming the slide and the fix, instead of Snakemake refusing the whole DAG.
+    """
+    path = SLIDES.loc[wildcards.slide, "path"]
+    return [path] if Path(path).exists() else []
+
+
+def curate_dir(slide="{slide}"):
+    return f"{RESULTS}/curate/{slide}"
+
+
+CURATE_GROUP = "curate_slide" if config["execution"]["group_curation"] else None
+
+PRETRAIN_RUN = config["pretrain"]["run"]
+TRAIN_DIR = f"{RESULTS}/train/{PRETRAIN_RUN}"
+
+
+def encoder_spec(name):
+    """The encoder's config entry with run names turned into encoder.json paths."""
+    spec = dict(config["encoders"][name])
+    if spec["kind"] == "pretrained" and "run" in spec:
+        spec["encoder_json"] = f"{RESULTS}/train/{spec.pop('run')}/encoder.json"
+    return spec
+
+
+def get_encoder_inputs(wildcards):
+    spec = encoder_spec(wildcards.encoder)
+    files = [spec["encoder_json"]] if spec["kind"] == "pretrained" else []
+    if spec["kind"] == "checkpoint":
+        files.append(spec["path"])
+    return files
+
+
+def eval_protocols(task_id):
+    return config["evaluate"].get("protocols") or TASKS[task_id]["protocols"]
+
+
+def get_eval_targets():
+    return [
+        f"{RESULTS}/eval/{encoder}/{task}/{protocol}/metrics.json"
+        for task in config["evaluate"]["tasks"]
+        for encoder in config["evaluate"]["encoders"]
+        for protocol in eval_protocols(task)
+    ]
+
+
+def get_final_outputs():
+    return [
+        f"{RESULTS}/shards/index.parquet",
+        f"{TRAIN_DIR}/encoder.json",
+        *get_eval_targets(),
+        f"{RESULTS}/report/index.html",
+    ]

@@ -1,0 +1,163 @@
+"""Curation, one job chain per slide: tissue, artefacts, tiles, clustered selection, shards."""
+
+
+rule segment_tissue:
+    input:
+        slide=get_slide_input,
+    output:
+        mask=f"{RESULTS}/curate/{{slide}}/tissue.png",
+        geojson=f"{RESULTS}/curate/{{slide}}/tissue.geojson",
+        preview=f"{RESULTS}/curate/{{slide}}/tissue_preview.jpg",
+        sidecar=f"{RESULTS}/curate/{{slide}}/segment_tissue.json",
+    params:
+        slide_path=lambda w: slide_row(w)["path"],
+        mpp=slide_mpp,
+        tissue=config["curate"]["tissue"],
+    log:
+        "logs/segment_tissue/{slide}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/segment_tissue/{{slide}}.tsv"
+    group:
+        CURATE_GROUP
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        f"{ENVS}/curate.yaml"
+    script:
+        "../scripts/segment_tissue.py"
+
+
+rule detect_artefacts:
+    input:
+        slide=get_slide_input,
+        tissue=rules.segment_tissue.output.mask,
+    output:
+        mask=f"{RESULTS}/curate/{{slide}}/artefacts.png",
+        qc=f"{RESULTS}/curate/{{slide}}/qc.json",
+        preview=f"{RESULTS}/curate/{{slide}}/artefacts_preview.jpg",
+        sidecar=f"{RESULTS}/curate/{{slide}}/detect_artefacts.json",
+    params:
+        slide_path=lambda w: slide_row(w)["path"],
+        mpp=slide_mpp,
+        artefacts=config["curate"]["artefacts"],
+    log:
+        "logs/detect_artefacts/{slide}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/detect_artefacts/{{slide}}.tsv"
+    group:
+        CURATE_GROUP
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        f"{ENVS}/curate.yaml"
+    script:
+        "../scripts/detect_artefacts.py"
+
+
+rule tile_slide:
+    input:
+        slide=get_slide_input,
+        tissue=rules.segment_tissue.output.mask,
+        artefacts=rules.detect_artefacts.output.mask,
+    output:
+        tiles=f"{RESULTS}/curate/{{slide}}/tiles.parquet",
+        sidecar=f"{RESULTS}/curate/{{slide}}/tile_slide.json",
+    params:
+        slide_path=lambda w: slide_row(w)["path"],
+        mpp=slide_mpp,
+        tiling=config["curate"]["tiling"],
+    log:
+        "logs/tile_slide/{slide}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tile_slide/{{slide}}.tsv"
+    group:
+        CURATE_GROUP
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        f"{ENVS}/curate.yaml"
+    script:
+        "../scripts/tile_slide.py"
+
+
+rule select_patches:
+    input:
+        slide=get_slide_input,
+        tiles=rules.tile_slide.output.tiles,
+    output:
+        selected=f"{RESULTS}/curate/{{slide}}/selected.parquet",
+        mosaic=f"{RESULTS}/curate/{{slide}}/mosaic.jpg",
+        sidecar=f"{RESULTS}/curate/{{slide}}/select_patches.json",
+    params:
+        slide_path=lambda w: slide_row(w)["path"],
+        mpp=slide_mpp,
+        selection=config["curate"]["selection"],
+        seed=config["seed"],
+    log:
+        "logs/select_patches/{slide}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/select_patches/{{slide}}.tsv"
+    group:
+        CURATE_GROUP
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        f"{ENVS}/curate.yaml"
+    script:
+        "../scripts/select_patches.py"
+
+
+rule write_shards:
+    input:
+        slide=get_slide_input,
+        selected=rules.select_patches.output.selected,
+    output:
+        shard=directory(f"{RESULTS}/shards/{{slide}}.zarr"),
+        sidecar=f"{RESULTS}/shards/{{slide}}.json",
+    params:
+        slide_path=lambda w: slide_row(w)["path"],
+        mpp=slide_mpp,
+        shards=config["curate"]["shards"],
+    log:
+        "logs/write_shards/{slide}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/write_shards/{{slide}}.tsv"
+    group:
+        CURATE_GROUP
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    conda:
+        f"{ENVS}/curate.yaml"
+    script:
+        "../scripts/write_shards.py"
+
+
+rule build_dataset:
+    input:
+        shards=expand(f"{RESULTS}/shards/{{slide}}.zarr", slide=SLIDES.index),
+    output:
+        index=f"{RESULTS}/shards/index.parquet",
+        summary=f"{RESULTS}/shards/summary.png",
+        sidecar=f"{RESULTS}/shards/build_dataset.json",
+    log:
+        "logs/build_dataset/build_dataset.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/build_dataset/build_dataset.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        f"{ENVS}/curate.yaml"
+    script:
+        "../scripts/build_dataset.py"

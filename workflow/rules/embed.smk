@@ -1,0 +1,26 @@
+"""Embedding ROI datasets with each configured encoder (features as h5)."""
+
+
+rule embed_rois:
+    input:
+        encoder=get_encoder_inputs,
+        data=lambda w: TASKS[w.dataset]["path"] if Path(TASKS[w.dataset]["path"]).exists() else [],
+    output:
+        features=f"{RESULTS}/embed/{{encoder}}/{{dataset}}/features.h5",
+        sidecar=f"{RESULTS}/embed/{{encoder}}/{{dataset}}/embed_rois.json",
+    params:
+        dataset=lambda w: TASKS[w.dataset],
+        encoder_spec=lambda w: encoder_spec(w.encoder),
+        embed=config["embed"],
+    log:
+        "logs/embed_rois/{encoder}/{dataset}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/embed_rois/{{encoder}}/{{dataset}}.tsv"
+    threads: config["embed"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        f"{ENVS}/train.yaml"
+    script:
+        "../scripts/embed_rois.py"

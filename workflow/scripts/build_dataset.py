@@ -1,0 +1,14 @@
+"""Snakemake script for rule build_dataset."""
+
+from unipipe.curate.dataset import run_build_dataset
+from unipipe.logs import stage_logging
+
+sm = snakemake  # noqa: F821  (injected by Snakemake)
+
+with stage_logging(sm.log[0]):
+    run_build_dataset(
+        list(sm.input.shards),
+        index_parquet=sm.output.index,
+        summary_png=sm.output.summary,
+        sidecar=sm.output.sidecar,
+    )

@@ -1,0 +1,14 @@
+"""Snakemake script for rule report."""
+
+from unipipe.logs import stage_logging
+from unipipe.report import run_report
+
+sm = snakemake  # noqa: F821  (injected by Snakemake)
+
+with stage_logging(sm.log[0]):
+    run_report(
+        metrics_jsons=list(sm.input.metrics),
+        curate_dirs=list(sm.params.curate_dirs),
+        train_metrics_csv=sm.input.train_metrics,
+        out_dir=sm.params.out_dir,
+    )

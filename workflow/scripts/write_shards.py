@@ -1,0 +1,18 @@
+"""Snakemake script for rule write_shards."""
+
+from unipipe.config import build_params
+from unipipe.curate.shards import ShardParams, run_write_shards
+from unipipe.logs import stage_logging
+
+sm = snakemake  # noqa: F821  (injected by Snakemake)
+
+with stage_logging(sm.log[0]):
+    run_write_shards(
+        sm.params.slide_path,
+        sm.input.selected,
+        slide_id=sm.wildcards.slide,
+        mpp=sm.params.mpp,
+        params=build_params(ShardParams, sm.params.shards, "curate.shards"),
+        shard_zarr=sm.output.shard,
+        sidecar=sm.output.sidecar,
+    )
