@@ -1,0 +1,321 @@
+"""Tile grids over the tissue mask at each (size, mpp) spec, with tissue, artefact and blur keep rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from unipipe.errors import ConfigError, SlideError
+from unipipe.provenance import atomic_path, write_sidecar
+from unipipe.slide import open_slide
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TileSpec",
+    "TilingParams",
+    "grid_origins",
+    "mask_fractions",
+    "read_mask",
+    "run_tile_slide",
+    "tile_slide",
+    "write_parquet",
+]
+
+# Codes of the artefact class mask that are not artefacts (CURATE-A's convention).
+_BACKGROUND_CODE = 0
+_CLEAN_CODE = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TileSpec:
+    """One tile geometry: ``size_px`` pixels square at ``mpp`` µm/px (target, not slide, mpp)."""
+
+    size_px: int
+    mpp: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size_px, int) or isinstance(self.size_px, bool) or self.size_px < 8:
+            raise ConfigError(
+                f"curate.tiling.specs: size_px must be an int >= 8, got {self.size_px!r}"
+            )
+        if not isinstance(self.mpp, int | float) or not self.mpp > 0:
+            raise ConfigError(
+                f"curate.tiling.specs: mpp must be a positive number, got {self.mpp!r}"
+            )
+        object.__setattr__(self, "mpp", float(self.mpp))
+
+    @property
+    def name(self) -> str:
+        """Stable text name, e.g. ``256px_0.5mpp``; used for Zarr sub-groups and index rows."""
+        return f"{self.size_px}px_{self.mpp:g}mpp"
+
+    @classmethod
+    def coerce(cls, value: TileSpec | Mapping[str, Any] | Sequence[Any]) -> TileSpec:
+        """Build a spec from a spec, a ``{size_px, mpp}`` mapping (config.yaml) or a pair."""
+        if isinstance(value, TileSpec):
+            return value
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - {"size_px", "mpp"})
+            if unknown:
+                raise ConfigError(
+                    f"curate.tiling.specs: unknown key(s) {unknown}; each spec is {{size_px, mpp}}"
+                )
+            return cls(**value)
+        if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+            return cls(*value)
+        raise ConfigError(
+            f"curate.tiling.specs: cannot read {value!r} as a spec; write {{size_px: 256, mpp: 0.5}}"
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TilingParams:
+    """Grid and keep rules of tiling (config section ``curate.tiling``).
+
+    Attributes:
+        specs: tile geometries; every spec gets its own grid (Mass-100K: 256 and 512 px at 0.5).
+        min_tissue_fraction: keep a tile only if at least this fraction of its area is tissue.
+        max_artefact_fraction: keep a tile only if each artefact class covers at most this
+            fraction of its area (default for every class).
+        max_class_fraction: per-class overrides of ``max_artefact_fraction``, by class name.
+        min_blur_score: keep a tile only if ``blur_score`` of its patch (read at the spec's mpp)
+            is at least this; 0 turns the blur rule off. Scale: CURATE-A's ``blur_score``.
+        overlap_fraction: overlap of neighbouring tiles as a fraction of the tile size
+            (stride = size * (1 - overlap_fraction)); 0 gives a non-overlapping grid.
+        min_candidate_tissue_fraction: grid tiles with less tissue than this are not listed
+            at all in tiles.parquet (keeps the table small on mostly blank slides).
+    """
+
+    specs: tuple[TileSpec, ...] = (TileSpec(256, 0.5),)
+    min_tissue_fraction: float = 0.5
+    max_artefact_fraction: float = 0.1
+    max_class_fraction: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    min_blur_score: float = 0.0
+    overlap_fraction: float = 0.0
+    min_candidate_tissue_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        specs = self.specs
+        if isinstance(specs, TileSpec | Mapping):
+            specs = [specs]
+        specs = tuple(TileSpec.coerce(s) for s in specs)
+        if not specs:
+            raise ConfigError("curate.tiling.specs: give at least one {size_px, mpp} spec")
+        if len(set(specs)) != len(specs):
+            raise ConfigError(f"curate.tiling.specs: duplicate specs in {specs}")
+        object.__setattr__(self, "specs", specs)
+        object.__setattr__(self, "max_class_fraction", dict(self.max_class_fraction))
+        for key in (
+            "min_tissue_fraction",
+            "max_artefact_fraction",
+            "min_candidate_tissue_fraction",
+        ):
+            _check_fraction(key, getattr(self, key))
+        for name, value in self.max_class_fraction.items():
+            _check_fraction(f"max_class_fraction.{name}", value)
+        if not 0.0 <= self.overlap_fraction < 1.0:
+            raise ConfigError(
+                f"curate.tiling.overlap_fraction must be in [0, 1), got {self.overlap_fraction!r}"
+            )
+        if self.min_blur_score < 0:
+            raise ConfigError(
+                f"curate.tiling.min_blur_score must be >= 0, got {self.min_blur_score!r}"
+            )
+
+    def class_limit(self, name: str) -> float:
+        """Largest allowed area fraction of artefact class ``name`` in a kept tile."""
+        return float(self.max_class_fraction.get(name, self.max_artefact_fraction))
+
+
+def _check_fraction(key: str, value: Any) -> None:
+    if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"curate.tiling.{key} must be a fraction in [0, 1], got {value!r}")
+
+
+def read_mask(png: str | os.PathLike[str]) -> np.ndarray:
+    """Read a single-channel mask PNG as a (h, w) uint8 array (mask grid, not level 0)."""
+    with Image.open(png) as img:
+        mask = np.asarray(img)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    return np.ascontiguousarray(mask, dtype=np.uint8)
+
+
+def grid_origins(length_px: int, footprint_px: float, stride_px: float) -> np.ndarray:
+    """Level-0 start positions of a 1-D grid whose tiles fit fully inside ``length_px``."""
+    if footprint_px > length_px:
+        return np.zeros(0, dtype=np.int64)
+    count = int(math.floor((length_px - footprint_px) / stride_px + 1e-9)) + 1
+    return np.floor(np.arange(count) * stride_px + 1e-9).astype(np.int64)
+
+
+def mask_fractions(
+    mask: np.ndarray,
+    scale: tuple[float, float],
+    xs: np.ndarray,
+    ys: np.ndarray,
+    footprint_px: float,
+) -> np.ndarray:
+    """Fraction of each tile's area where ``mask`` is true.
+
+    Args:
+        mask: (h, w) bool mask on the thumbnail grid.
+        scale: (sx, sy) mask pixels per level-0 pixel.
+        xs, ys: level-0 top-left corners of the tiles, (n,) each.
+        footprint_px: tile side in level-0 pixels.
+
+    Returns:
+        (n,) float64 fractions from a summed-area table over the mask pixels each tile covers.
+    """
+    h, w = mask.shape
+    table = np.zeros((h + 1, w + 1), dtype=np.int64)
+    table[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1)
+    sx, sy = scale
+    x0 = np.clip(np.floor(xs * sx + 0.5).astype(np.int64), 0, w - 1)
+    y0 = np.clip(np.floor(ys * sy + 0.5).astype(np.int64), 0, h - 1)
+    x1 = np.clip(np.floor((xs + footprint_px) * sx + 0.5).astype(np.int64), x0 + 1, w)
+    y1 = np.clip(np.floor((ys + footprint_px) * sy + 0.5).astype(np.int64), y0 + 1, h)
+    inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    return inside / ((x1 - x0) * (y1 - y0))
+
+
+def write_parquet(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write ``frame`` with pyarrow, atomically, without pandas metadata (byte-stable)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=False)
+
+
+def _artefact_classes() -> dict[str, int]:
+    # Lazy import: CURATE-A owns the class registry.
+    from unipipe.curate.artefacts import ARTEFACT_CLASSES
+
+    return {name: int(code) for name, code in ARTEFACT_CLASSES.items() if code > _CLEAN_CODE}
+
+
+def _blur_score(patch: np.ndarray) -> float:
+    from unipipe.curate.artefacts import blur_score
+
+    return float(blur_score(patch))
+
+
+def _tile_spec(
+    slide: Any,
+    spec: TileSpec,
+    tissue: np.ndarray,
+    classes: np.ndarray,
+    artefacts: Mapping[str, int],
+    params: TilingParams,
+) -> pd.DataFrame:
+    """Rows of tiles.parquet for one spec: grid, mask fractions, blur on candidates, keep."""
+    width, height = slide.dimensions
+    footprint = spec.size_px * spec.mpp / slide.mpp  # level-0 px per tile side
+    stride = footprint * (1.0 - params.overlap_fraction)
+    scale = (tissue.shape[1] / width, tissue.shape[0] / height)
+
+    gx, gy = grid_origins(width, footprint, stride), grid_origins(height, footprint, stride)
+    ys, xs = (a.ravel() for a in np.meshgrid(gy, gx, indexing="ij"))  # row-major: y then x
+    tissue_fraction = mask_fractions(tissue > 0, scale, xs, ys, footprint)
+    listed = tissue_fraction >= max(params.min_candidate_tissue_fraction, 1e-12)
+    xs, ys, tissue_fraction = xs[listed], ys[listed], tissue_fraction[listed]
+
+    frame = pd.DataFrame(
+        {
+            "slide_id": slide.slide_id,
+            "x": xs,
+            "y": ys,
+            "size_px": np.full(len(xs), spec.size_px, dtype=np.int64),
+            "mpp": np.full(len(xs), spec.mpp, dtype=np.float64),
+            "level": np.full(len(xs), slide.best_level(spec.mpp), dtype=np.int64),
+            "tissue_fraction": tissue_fraction,
+        }
+    )
+    keep = tissue_fraction >= params.min_tissue_fraction
+    for name, code in artefacts.items():
+        fraction = mask_fractions(classes == code, scale, xs, ys, footprint)
+        frame[f"{name}_fraction"] = fraction
+        keep &= fraction <= params.class_limit(name)
+
+    # Blur needs pixels at the target mpp: read only tiles that passed the mask rules.
+    blur = np.full(len(xs), np.nan)
+    for i in np.flatnonzero(keep):
+        blur[i] = _blur_score(slide.read_region(int(xs[i]), int(ys[i]), spec.size_px, spec.mpp))
+    frame["blur_score"] = blur
+    if params.min_blur_score > 0:
+        keep &= blur >= params.min_blur_score
+    frame["keep"] = keep
+    logger.info(
+        "%s %s: %d grid tiles listed, %d kept", slide.slide_id, spec.name, len(frame), keep.sum()
+    )
+    return frame
+
+
+def tile_slide(
+    slide: Any, tissue: np.ndarray, classes: np.ndarray, params: TilingParams
+) -> pd.DataFrame:
+    """All specs' tile rows for an open slide and its masks, in (spec, y, x) order.
+
+    Args:
+        slide: an open ``unipipe.slide.Slide``.
+        tissue: (h, w) uint8 tissue mask (0/255) covering the whole slide.
+        classes: (h, w) uint8 artefact class mask on the same grid.
+        params: grid and keep rules.
+    """
+    if tissue.shape != classes.shape:
+        raise SlideError(
+            f"slide {slide.slide_id}: tissue mask {tissue.shape} and artefact mask "
+            f"{classes.shape} differ; regenerate both masks with the same thumb_mpp"
+        )
+    artefacts = _artefact_classes()
+    frames = [_tile_spec(slide, s, tissue, classes, artefacts, params) for s in params.specs]
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_tile_slide(
+    slide_path: str | os.PathLike[str],
+    tissue_png: str | os.PathLike[str],
+    artefacts_png: str | os.PathLike[str],
+    *,
+    slide_id: str,
+    mpp: float | None,
+    params: TilingParams,
+    tiles_parquet: str | os.PathLike[str],
+    sidecar: str | os.PathLike[str],
+) -> None:
+    """Stage ``tile_slide``: write tiles.parquet (one row per listed grid tile) and its sidecar.
+
+    Args:
+        slide_path: the slide file.
+        tissue_png: tissue mask (uint8 0/255) covering the whole slide at the mask mpp.
+        artefacts_png: artefact class mask on the same grid (codes of ``ARTEFACT_CLASSES``).
+        slide_id: the manifest id.
+        mpp: level-0 µm/px override (None: from the slide's metadata).
+        params: grid and keep rules.
+        tiles_parquet: output table; x, y are level-0 top-left pixels, ``mpp`` the target mpp,
+            fractions are of the tile's area, ``blur_score`` is NaN where the tile failed the
+            mask rules (its pixels were never read).
+        sidecar: output JSON with parameters, versions and input checksums.
+    """
+    logger.info("tile_slide %s with %s", slide_id, params)
+    tissue, classes = read_mask(tissue_png), read_mask(artefacts_png)
+    with open_slide(slide_path, slide_id=slide_id, mpp=mpp) as slide:
+        frame = tile_slide(slide, tissue, classes, params)
+    write_parquet(frame, tiles_parquet)
+    write_sidecar(
+        sidecar,
+        stage="tile_slide",
+        params=params,
+        inputs=[slide_path, tissue_png, artefacts_png],
+        extra={"n_tiles": len(frame), "n_kept": int(frame["keep"].sum())},
+    )
