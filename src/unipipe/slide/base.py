@@ -1,0 +1,195 @@
+"""The reader-independent `Slide`: mpp-based region and thumbnail reads over a level pyramid."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+from pathlib import Path
+from types import TracebackType
+
+import cv2
+import numpy as np
+
+__all__ = ["LEVEL_MPP_TOLERANCE", "THUMBNAIL_BLOCK_PX", "Slide", "as_size"]
+
+logger = logging.getLogger(__name__)
+
+# A level whose mpp is within 1% of the requested mpp is read without resizing
+# (DICOM pyramids store 0.998 µm/px for a nominal 1.0).
+LEVEL_MPP_TOLERANCE = 0.01
+
+# Largest side, in source-level pixels, of one block read while building a
+# thumbnail; bounds memory to about 3 * THUMBNAIL_BLOCK_PX**2 bytes per block.
+THUMBNAIL_BLOCK_PX = 4096
+
+_BACKGROUND = 255  # outside the slide is white glass
+
+
+def as_size(size_px: int | tuple[int, int]) -> tuple[int, int]:
+    """Turn ``size_px`` (one int for a square, or (w, h)) into a (w, h) tuple of positive ints."""
+    if isinstance(size_px, int | np.integer):
+        w = h = int(size_px)
+    else:
+        w, h = (int(v) for v in size_px)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"size_px must be positive, got {size_px!r}")
+    return w, h
+
+
+class Slide(abc.ABC):
+    """A whole-slide image addressed in level-0 pixels and microns per pixel.
+
+    Subclasses describe their pyramid (``level_dimensions``, ``level_downsamples``)
+    and implement one hook, `_read_level`, that returns RGB pixels of a box lying
+    inside one level. Everything mpp-related (level choice, resizing, padding,
+    block-wise thumbnails) lives here, so every reader behaves the same.
+
+    Attributes:
+        slide_id: the manifest id, quoted in every error message.
+        path: the file that was opened.
+        mpp: level-0 microns per pixel (metadata, or the manifest override).
+        reader: name of the backend that opened the file ("openslide", "tifffile", "pydicom").
+    """
+
+    reader: str = "abstract"
+
+    def __init__(self, *, slide_id: str, path: Path, mpp: float) -> None:
+        self.slide_id = slide_id
+        self.path = path
+        self.mpp = float(mpp)
+
+    # -- pyramid description, provided by the backend -------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """(w, h) of every pyramid level, finest first."""
+
+    @property
+    @abc.abstractmethod
+    def level_downsamples(self) -> tuple[float, ...]:
+        """Level-0 pixels per level pixel, for every level (1.0 first)."""
+
+    @abc.abstractmethod
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Return (h, w, 3) uint8 RGB of the box at (x, y) in *level* pixels, inside the level."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the file handles."""
+
+    # -- public API ------------------------------------------------------------------------------
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(w, h) of level 0 in pixels."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_mpps(self) -> tuple[float, ...]:
+        """Microns per pixel of every level."""
+        return tuple(self.mpp * ds for ds in self.level_downsamples)
+
+    def best_level(self, mpp: float) -> int:
+        """The coarsest level that is still at least as fine as ``mpp`` (µm/px), within 1%.
+
+        Reading from it and downsizing loses nothing against reading level 0; when
+        ``mpp`` is finer than level 0, level 0 is returned (and the read upsamples).
+        """
+        limit = mpp * (1.0 + LEVEL_MPP_TOLERANCE)
+        candidates = [i for i, level_mpp in enumerate(self.level_mpps) if level_mpp <= limit]
+        if not candidates:
+            return 0
+        return max(candidates, key=lambda i: self.level_downsamples[i])
+
+    def read_region(self, x: int, y: int, size_px: int | tuple[int, int], mpp: float) -> np.ndarray:
+        """Read ``size_px`` pixels at ``mpp`` µm/px whose top-left is (x, y) in level-0 pixels.
+
+        The box covers ``size_px * mpp / self.mpp`` level-0 pixels. It is read from
+        `best_level` and resized with area averaging (antialiased), or with bilinear
+        interpolation when upsampling. Parts outside the slide are white.
+
+        Returns:
+            (h, w, 3) uint8 RGB array.
+        """
+        out_w, out_h = as_size(size_px)
+        if not mpp > 0:
+            raise ValueError(f"mpp must be positive, got {mpp!r}")
+        level = self.best_level(mpp)
+        downsample = self.level_downsamples[level]
+        scale = mpp / (self.mpp * downsample)  # level pixels per output pixel
+
+        # Box in level pixels; within the tolerance the level is read 1:1 (pixel-exact).
+        lx, ly = round(x / downsample), round(y / downsample)
+        if abs(scale - 1.0) <= LEVEL_MPP_TOLERANCE:
+            return self._read_padded(level, lx, ly, out_w, out_h)
+        lw = max(1, round(out_w * scale))
+        lh = max(1, round(out_h * scale))
+        pixels = self._read_padded(level, lx, ly, lw, lh)
+        interpolation = cv2.INTER_AREA if scale > 1.0 else cv2.INTER_LINEAR
+        return cv2.resize(pixels, (out_w, out_h), interpolation=interpolation)
+
+    def thumbnail_size(self, mpp: float) -> tuple[int, int]:
+        """(w, h) of the whole slide rendered at ``mpp`` µm/px (at least 1 x 1)."""
+        w0, h0 = self.dimensions
+        factor = self.mpp / mpp
+        return max(1, round(w0 * factor)), max(1, round(h0 * factor))
+
+    def read_thumbnail(self, mpp: float) -> np.ndarray:
+        """Render the whole slide at ``mpp`` µm/px, reading it in bounded blocks.
+
+        Output pixel (i, j) covers level-0 pixels [j * s, (j + 1) * s) x [i * s, (i + 1) * s)
+        with s = mpp / self.mpp. Memory stays bounded on single-level slides because
+        the source is read in blocks of at most `THUMBNAIL_BLOCK_PX` level pixels a side.
+
+        Returns:
+            (h, w, 3) uint8 RGB array of size `thumbnail_size`.
+        """
+        out_w, out_h = self.thumbnail_size(mpp)
+        level = self.best_level(mpp)
+        scale = mpp / self.level_mpps[level]  # level pixels per output pixel
+        block = max(16, math.floor(THUMBNAIL_BLOCK_PX / max(scale, 1.0)))  # output px per block
+        step0 = mpp / self.mpp  # level-0 px per output px
+
+        thumb = np.empty((out_h, out_w, 3), np.uint8)
+        for top in range(0, out_h, block):
+            for left in range(0, out_w, block):
+                bw, bh = min(block, out_w - left), min(block, out_h - top)
+                x0, y0 = round(left * step0), round(top * step0)
+                thumb[top : top + bh, left : left + bw] = self.read_region(x0, y0, (bw, bh), mpp)
+        logger.debug("thumbnail of %s at %s mpp: %sx%s px", self.slide_id, mpp, out_w, out_h)
+        return thumb
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _read_padded(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Read a box in level pixels that may reach outside the level; outside is white."""
+        lw, lh = self.level_dimensions[level]
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + w, lw), min(y + h, lh)
+        if x0 == x and y0 == y and x1 == x + w and y1 == y + h:
+            return self._read_level(level, x, y, w, h)
+        out = np.full((h, w, 3), _BACKGROUND, np.uint8)
+        if x1 > x0 and y1 > y0:
+            inner = self._read_level(level, x0, y0, x1 - x0, y1 - y0)
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = inner
+        return out
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return (
+            f"{type(self).__name__}(slide_id={self.slide_id!r}, path='{self.path}', "
+            f"mpp={self.mpp:g}, dimensions={w}x{h}, levels={len(self.level_dimensions)})"
+        )

@@ -1,0 +1,116 @@
+"""OpenSlide backend: Aperio SVS, Hamamatsu NDPI, MIRAX, multi-file DICOM WSI and the rest."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openslide
+import pydicom
+from pydicom.encaps import generate_frames
+
+from unipipe.slide.base import Slide
+from unipipe.slide.messages import ReaderRefusedError, plausible_mpp, resolve_mpp
+
+__all__ = ["OpenSlideSlide", "dicom_jfif_labelled_rgb", "open_with_openslide"]
+
+logger = logging.getLogger(__name__)
+
+
+class OpenSlideSlide(Slide):
+    """A slide read through OpenSlide; ``read_region`` at level 0 equals OpenSlide's pixels."""
+
+    reader = "openslide"
+
+    def __init__(self, handle: openslide.OpenSlide, *, slide_id: str, path: Path, mpp: float):
+        super().__init__(slide_id=slide_id, path=path, mpp=mpp)
+        self._handle = handle
+        self.vendor = handle.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
+        self._ycbcr_as_rgb = self.vendor == "dicom" and dicom_jfif_labelled_rgb(path)
+        if self._ycbcr_as_rgb:
+            logger.warning(
+                "slide %s: DICOM says RGB but its JPEG frames are JFIF (YCbCr); OpenSlide "
+                "returns them unconverted, so unipipe converts YCbCr to RGB after reading",
+                slide_id,
+            )
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """(w, h) of every pyramid level, finest first."""
+        return tuple(self._handle.level_dimensions)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        """Level-0 pixels per level pixel, for every level."""
+        return tuple(float(d) for d in self._handle.level_downsamples)
+
+    def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        # OpenSlide wants the top-left in level-0 pixels and the size in level pixels.
+        downsample = self.level_downsamples[level]
+        x0, y0 = round(x * downsample), round(y * downsample)
+        rgba = np.asarray(self._handle.read_region((x0, y0), level, (w, h)))
+        rgb = rgba[..., :3].copy()
+        if self._ycbcr_as_rgb:
+            # OpenCV's order is Y, Cr, Cb; the raw samples are Y, Cb, Cr (JFIF, full range).
+            rgb = cv2.cvtColor(rgb[..., [0, 2, 1]], cv2.COLOR_YCrCb2RGB)
+        rgb[rgba[..., 3] == 0] = 255  # transparent (no scanned data) reads as white glass
+        return rgb
+
+    def close(self) -> None:
+        """Close the OpenSlide handle."""
+        self._handle.close()
+
+
+def open_with_openslide(path: Path, *, slide_id: str, mpp: float | None) -> OpenSlideSlide:
+    """Open ``path`` with OpenSlide or raise `ReaderRefusedError` saying why."""
+    try:
+        handle = openslide.OpenSlide(path)
+    except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as err:
+        raise ReaderRefusedError(f"OpenSlide: {err or type(err).__name__}") from err
+    try:
+        metadata_mpp = _metadata_mpp(handle)
+        level0_mpp = resolve_mpp(metadata_mpp, mpp, slide_id=slide_id, path=path)
+    except Exception:
+        handle.close()
+        raise
+    return OpenSlideSlide(handle, slide_id=slide_id, path=path, mpp=level0_mpp)
+
+
+def _metadata_mpp(handle: openslide.OpenSlide) -> float | None:
+    """Level-0 µm/px along x from OpenSlide's properties (y is logged when it differs)."""
+    props = handle.properties
+    try:
+        mpp_x = float(props[openslide.PROPERTY_NAME_MPP_X])
+    except (KeyError, ValueError):
+        return None
+    try:
+        mpp_y = float(props[openslide.PROPERTY_NAME_MPP_Y])
+        if abs(mpp_y / mpp_x - 1.0) > 0.01:
+            logger.warning("non-square pixels (mpp x %s, y %s); using x", mpp_x, mpp_y)
+    except (KeyError, ValueError, ZeroDivisionError):
+        pass
+    return plausible_mpp(mpp_x)
+
+
+def dicom_jfif_labelled_rgb(path: Path) -> bool:
+    """True when a DICOM file declares RGB but its first JPEG frame is a JFIF (YCbCr) stream.
+
+    Google's early wsi2dcm wrote such files (resources' CMU-1-Small-Region-dicom);
+    OpenSlide 4.0.1 trusts the header and returns the YCbCr samples as RGB.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+        if ds.get("PhotometricInterpretation") != "RGB":
+            return False
+        if ds.file_meta.TransferSyntaxUID != pydicom.uid.JPEGBaseline8Bit:
+            return False
+        frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    except (pydicom.errors.InvalidDicomError, AttributeError, KeyError, StopIteration, OSError):
+        return False
+    head = frame[:512]
+    return b"JFIF\x00" in head and b"Adobe" not in head
