@@ -30,7 +30,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks workflow
 	$(BIN)/ruff format --check src tests benchmarks workflow
 	$(BIN)/snakefmt --check Snakefile workflow/rules
-	$(BIN)/snakemake --lint --cores 1 || true
+	$(BIN)/snakemake --lint --cores 1
 
 format: setup
 	$(BIN)/ruff format src tests benchmarks workflow

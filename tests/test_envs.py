@@ -24,7 +24,8 @@ def _pyproject_pins() -> dict[str, str]:
 def _env_pins(path) -> dict[str, str]:
     env = yaml.safe_load(path.read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    return {n.lower(): v for n, v in (line.split("==") for line in pip_section)}
+    pinned = [line.split("==") for line in pip_section if "==" in line]
+    return {name.lower(): version for name, version in pinned}
 
 
 def test_envs_exist_for_each_rule_group():
@@ -45,6 +46,12 @@ def test_envs_pins_match_pyproject(env_file):
 def test_envs_train_covers_every_dependency():
     """The training environment carries every runtime dependency of the package."""
     assert set(_env_pins(REPO / "envs" / "train.yaml")) == set(_pyproject_pins())
+
+
+@pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda p: p.stem)
+def test_envs_install_this_checkout(env_file):
+    """Each environment installs the project itself, so jobs import this unipipe."""
+    assert "- -e .." in env_file.read_text()
 
 
 def test_envs_rules_reference_existing_env_files():

@@ -1,7 +1,6 @@
 """Config and manifest validation, shared paths and input functions."""
 
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -11,12 +10,6 @@ from snakemake.utils import validate
 _log = logging.getLogger("unipipe.workflow")
 
 validate(config, schema="../schemas/config.schema.yaml")
-
-# Jobs import unipipe from this checkout, so a conda environment (which holds only the
-# third-party pins of envs/*.yaml) runs the same library code as the workflow.
-_src = str(Path(workflow.basedir) / "src")
-if _src not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_src, os.environ.get("PYTHONPATH")]))
 
 RESULTS = config["results_dir"].rstrip("/")
 ENVS = "../../envs"

@@ -9,22 +9,22 @@ rule segment_tissue:
         geojson=f"{RESULTS}/curate/{{slide}}/tissue.geojson",
         preview=f"{RESULTS}/curate/{{slide}}/tissue_preview.jpg",
         sidecar=f"{RESULTS}/curate/{{slide}}/segment_tissue.json",
-    params:
-        slide_path=lambda w: slide_row(w)["path"],
-        mpp=slide_mpp,
-        tissue=config["curate"]["tissue"],
     log:
         "logs/segment_tissue/{slide}.log",
     benchmark:
         f"{RESULTS}/benchmarks/segment_tissue/{{slide}}.tsv"
     group:
         CURATE_GROUP
+    conda:
+        f"{ENVS}/curate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
-    conda:
-        f"{ENVS}/curate.yaml"
+    params:
+        slide_path=lambda w: slide_row(w)["path"],
+        mpp=slide_mpp,
+        tissue=config["curate"]["tissue"],
     script:
         "../scripts/segment_tissue.py"
 
@@ -38,22 +38,22 @@ rule detect_artefacts:
         qc=f"{RESULTS}/curate/{{slide}}/qc.json",
         preview=f"{RESULTS}/curate/{{slide}}/artefacts_preview.jpg",
         sidecar=f"{RESULTS}/curate/{{slide}}/detect_artefacts.json",
-    params:
-        slide_path=lambda w: slide_row(w)["path"],
-        mpp=slide_mpp,
-        artefacts=config["curate"]["artefacts"],
     log:
         "logs/detect_artefacts/{slide}.log",
     benchmark:
         f"{RESULTS}/benchmarks/detect_artefacts/{{slide}}.tsv"
     group:
         CURATE_GROUP
+    conda:
+        f"{ENVS}/curate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
-    conda:
-        f"{ENVS}/curate.yaml"
+    params:
+        slide_path=lambda w: slide_row(w)["path"],
+        mpp=slide_mpp,
+        artefacts=config["curate"]["artefacts"],
     script:
         "../scripts/detect_artefacts.py"
 
@@ -66,22 +66,22 @@ rule tile_slide:
     output:
         tiles=f"{RESULTS}/curate/{{slide}}/tiles.parquet",
         sidecar=f"{RESULTS}/curate/{{slide}}/tile_slide.json",
-    params:
-        slide_path=lambda w: slide_row(w)["path"],
-        mpp=slide_mpp,
-        tiling=config["curate"]["tiling"],
     log:
         "logs/tile_slide/{slide}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tile_slide/{{slide}}.tsv"
     group:
         CURATE_GROUP
+    conda:
+        f"{ENVS}/curate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        f"{ENVS}/curate.yaml"
+    params:
+        slide_path=lambda w: slide_row(w)["path"],
+        mpp=slide_mpp,
+        tiling=config["curate"]["tiling"],
     script:
         "../scripts/tile_slide.py"
 
@@ -94,23 +94,23 @@ rule select_patches:
         selected=f"{RESULTS}/curate/{{slide}}/selected.parquet",
         mosaic=f"{RESULTS}/curate/{{slide}}/mosaic.jpg",
         sidecar=f"{RESULTS}/curate/{{slide}}/select_patches.json",
-    params:
-        slide_path=lambda w: slide_row(w)["path"],
-        mpp=slide_mpp,
-        selection=config["curate"]["selection"],
-        seed=config["seed"],
     log:
         "logs/select_patches/{slide}.log",
     benchmark:
         f"{RESULTS}/benchmarks/select_patches/{{slide}}.tsv"
     group:
         CURATE_GROUP
+    conda:
+        f"{ENVS}/curate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        f"{ENVS}/curate.yaml"
+    params:
+        slide_path=lambda w: slide_row(w)["path"],
+        mpp=slide_mpp,
+        selection=config["curate"]["selection"],
+        seed=config["seed"],
     script:
         "../scripts/select_patches.py"
 
@@ -122,22 +122,22 @@ rule write_shards:
     output:
         shard=directory(f"{RESULTS}/shards/{{slide}}.zarr"),
         sidecar=f"{RESULTS}/shards/{{slide}}.json",
-    params:
-        slide_path=lambda w: slide_row(w)["path"],
-        mpp=slide_mpp,
-        shards=config["curate"]["shards"],
     log:
         "logs/write_shards/{slide}.log",
     benchmark:
         f"{RESULTS}/benchmarks/write_shards/{{slide}}.tsv"
     group:
         CURATE_GROUP
+    conda:
+        f"{ENVS}/curate.yaml"
     threads: 1
     resources:
         mem_mb=3000,
         runtime=60,
-    conda:
-        f"{ENVS}/curate.yaml"
+    params:
+        slide_path=lambda w: slide_row(w)["path"],
+        mpp=slide_mpp,
+        shards=config["curate"]["shards"],
     script:
         "../scripts/write_shards.py"
 
@@ -153,11 +153,11 @@ rule build_dataset:
         "logs/build_dataset/build_dataset.log",
     benchmark:
         f"{RESULTS}/benchmarks/build_dataset/build_dataset.tsv"
+    conda:
+        f"{ENVS}/curate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        f"{ENVS}/curate.yaml"
     script:
         "../scripts/build_dataset.py"

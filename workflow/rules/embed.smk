@@ -8,19 +8,19 @@ rule embed_rois:
     output:
         features=f"{RESULTS}/embed/{{encoder}}/{{dataset}}/features.h5",
         sidecar=f"{RESULTS}/embed/{{encoder}}/{{dataset}}/embed_rois.json",
-    params:
-        dataset=lambda w: TASKS[w.dataset],
-        encoder_spec=lambda w: encoder_spec(w.encoder),
-        embed=config["embed"],
     log:
         "logs/embed_rois/{encoder}/{dataset}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed_rois/{{encoder}}/{{dataset}}.tsv"
+    conda:
+        f"{ENVS}/train.yaml"
     threads: config["embed"]["threads"]
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        f"{ENVS}/train.yaml"
+    params:
+        dataset=lambda w: TASKS[w.dataset],
+        encoder_spec=lambda w: encoder_spec(w.encoder),
+        embed=config["embed"],
     script:
         "../scripts/embed_rois.py"

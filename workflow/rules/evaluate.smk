@@ -8,19 +8,19 @@ rule evaluate:
         metrics=f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/metrics.json",
         predictions=f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/predictions.parquet",
         sidecar=f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/evaluate.json",
-    params:
-        task=lambda w: TASKS[w.task],
-        protocol_params=lambda w: config["evaluate"]["params"].get(w.protocol, {}),
-        seed=config["seed"],
     log:
         "logs/evaluate/{encoder}/{task}/{protocol}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{encoder}}/{{task}}/{{protocol}}.tsv"
+    conda:
+        f"{ENVS}/eval.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        f"{ENVS}/eval.yaml"
+    params:
+        task=lambda w: TASKS[w.task],
+        protocol_params=lambda w: config["evaluate"]["params"].get(w.protocol, {}),
+        seed=config["seed"],
     script:
         "../scripts/evaluate.py"

@@ -13,18 +13,18 @@ rule report:
     output:
         summary=f"{RESULTS}/report/summary.csv",
         html=f"{RESULTS}/report/index.html",
-    params:
-        curate_dirs=[curate_dir(slide) for slide in SLIDES.index],
-        out_dir=f"{RESULTS}/report",
     log:
         "logs/report/report.log",
     benchmark:
         f"{RESULTS}/benchmarks/report/report.tsv"
+    conda:
+        f"{ENVS}/eval.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        f"{ENVS}/eval.yaml"
+    params:
+        curate_dirs=lambda w, input: sorted({str(Path(p).parent) for p in input.curation}),
+        out_dir=lambda w, output: str(Path(output.html).parent),
     script:
         "../scripts/report.py"
