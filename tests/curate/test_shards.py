@@ -1,0 +1,205 @@
+"""Tests of the sharded Zarr v3 patch store, its direct reader and PatchDataset on real slides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import zarr
+
+from unipipe.curate import shards
+from unipipe.curate.shard_index import FastShardArray
+from unipipe.curate.shards import PatchDataset, ShardParams, run_write_shards
+from unipipe.curate.tiling import write_parquet
+from unipipe.errors import ConfigError, UnipipeError
+from unipipe.provenance import path_sha256
+from unipipe.slide import open_slide
+
+
+def _selected(slide_path: Path, specs: list[tuple[int, float]], n_per_spec: int) -> pd.DataFrame:
+    """A selected.parquet-like table: a diagonal walk of tiles at each spec, in level-0 px."""
+    with open_slide(slide_path, slide_id="s1") as slide:
+        width, height = slide.dimensions
+        slide_mpp = slide.mpp
+    rows = []
+    for size_px, mpp in specs:
+        footprint = size_px * mpp / slide_mpp
+        for i in range(n_per_spec):
+            t = i / max(n_per_spec - 1, 1)
+            rows.append(
+                {
+                    "slide_id": "s1",
+                    "x": int(t * (width - footprint)),
+                    "y": int(((7 * i) % n_per_spec) / n_per_spec * (height - footprint)),
+                    "size_px": size_px,
+                    "mpp": mpp,
+                    "cluster": i % 3,
+                    "tissue_fraction": 0.5,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _write(slide_path: Path, out: Path, selected: pd.DataFrame, params: ShardParams) -> Path:
+    write_parquet(selected, out / "selected.parquet")
+    store = out / "s1.zarr"
+    run_write_shards(
+        slide_path,
+        out / "selected.parquet",
+        slide_id="s1",
+        mpp=None,
+        params=params,
+        shard_zarr=store,
+        sidecar=out / "shards.json",
+    )
+    return store
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("patches_per_shard", 0),
+        ("patches_per_shard", 2.5),
+        ("compressor", "lz4"),
+        ("level", 30),
+        ("level", 12),  # fine for zstd, not for blosc below
+    ],
+)
+def test_shardparams_rejects_bad_values(field: str, value) -> None:
+    """Bad shard sizes, codecs and levels raise ConfigError naming the key."""
+    kwargs = {field: value} | ({"compressor": "blosc"} if value == 12 else {})
+    with pytest.raises(ConfigError, match=f"curate.shards.{field}"):
+        ShardParams(**kwargs)
+
+
+@pytest.mark.parametrize("slide_fixture", ["svs_path", "ome_tiff_path"])
+def test_run_write_shards_patches_equal_direct_reads(
+    slide_fixture: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The store holds N 256x256x3 uint8 patches, each equal to a read at its (x, y) and mpp."""
+    slide_path = request.getfixturevalue(slide_fixture)
+    selected = _selected(slide_path, [(256, 0.5)], 21)
+    store = _write(slide_path, tmp_path, selected, ShardParams(patches_per_shard=8))
+
+    group = zarr.open_group(store, mode="r")
+    patches = group["patches"]
+    assert patches.shape == (21, 256, 256, 3)
+    assert patches.dtype == np.uint8
+    assert patches.chunks == (1, 256, 256, 3)
+    assert patches.shards == (8, 256, 256, 3)
+    assert len(list((store / "patches" / "c").iterdir())) == 3  # 21 patches in 3 shard files
+    assert group.attrs["slide_id"] == "s1"
+    assert (group.attrs["size_px"], group.attrs["mpp"]) == (256, 0.5)
+    np.testing.assert_array_equal(group["x"][:], selected["x"])
+    np.testing.assert_array_equal(group["cluster"][:], selected["cluster"])
+    with open_slide(slide_path, slide_id="s1") as slide:
+        for i, (x, y) in enumerate(selected[["x", "y"]].itertuples(index=False)):
+            np.testing.assert_array_equal(patches[i], slide.read_region(x, y, 256, 0.5))
+
+
+def test_run_write_shards_several_specs(svs_path: Path, tmp_path: Path) -> None:
+    """The first spec sits at the root, each further spec in a sub-group named after it."""
+    selected = _selected(svs_path, [(512, 0.5), (256, 0.5)], 5)
+    store = _write(svs_path, tmp_path, selected, ShardParams(patches_per_shard=4))
+    group = zarr.open_group(store, mode="r")
+    assert [s["name"] for s in group.attrs["specs"]] == ["256px_0.5mpp", "512px_0.5mpp"]
+    assert group["patches"].shape == (5, 256, 256, 3)
+    assert group["512px_0.5mpp/patches"].shape == (5, 512, 512, 3)
+    big = PatchDataset([store], spec="512px_0.5mpp")
+    assert big[4].shape == (512, 512, 3)
+    with pytest.raises(UnipipeError, match="no spec '128px_0.5mpp'"):
+        PatchDataset([store], spec="128px_0.5mpp")
+
+
+def test_run_write_shards_rerun_byte_identical(svs_path: Path, tmp_path: Path) -> None:
+    """A rerun writes the same shard files, metadata and sidecar, byte for byte."""
+    selected = _selected(svs_path, [(256, 0.5)], 10)
+    store = _write(svs_path, tmp_path, selected, ShardParams(patches_per_shard=4))
+    first = (path_sha256(store), (tmp_path / "shards.json").read_bytes())
+    _write(svs_path, tmp_path, selected, ShardParams(patches_per_shard=4))
+    assert (path_sha256(store), (tmp_path / "shards.json").read_bytes()) == first
+
+
+def test_run_write_shards_leaves_nothing_on_failure(
+    svs_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read failing mid-way leaves neither the store nor a temporary directory."""
+    real_open = shards.open_slide
+    calls = {"n": 0}
+
+    def failing_open(*args, **kwargs):
+        slide = real_open(*args, **kwargs)
+        read = slide.read_region
+
+        def read_region(*a, **k):
+            calls["n"] += 1
+            if calls["n"] > 6:
+                raise OSError("disk went away")
+            return read(*a, **k)
+
+        slide.read_region = read_region
+        return slide
+
+    monkeypatch.setattr(shards, "open_slide", failing_open)
+    selected = _selected(svs_path, [(256, 0.5)], 10)
+    with pytest.raises(OSError, match="disk went away"):
+        _write(svs_path, tmp_path, selected, ShardParams(patches_per_shard=4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["selected.parquet"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        ShardParams(compressor="zstd", level=3),
+        ShardParams(compressor="blosc", level=5),
+        ShardParams(compressor="none"),
+    ],
+)
+def test_fast_shard_array_matches_zarr(svs_path: Path, tmp_path: Path, params) -> None:
+    """Direct shard-index reads equal zarr-python's for every codec, incl. the partial shard."""
+    selected = _selected(svs_path, [(256, 0.5)], 11)
+    store = _write(svs_path, tmp_path, selected, ShardParams(patches_per_shard=4, **_codec(params)))
+    fast = FastShardArray(store / "patches")
+    slow = zarr.open_array(store / "patches", mode="r")
+    for i in [*range(11), -1]:
+        np.testing.assert_array_equal(fast[i], slow[i])
+    with pytest.raises(IndexError):
+        fast[11]
+    codec = json.loads((store / "patches" / "zarr.json").read_text())["codecs"][0]
+    assert codec["name"] == "sharding_indexed"
+
+
+def _codec(params: ShardParams) -> dict:
+    return {"compressor": params.compressor, "level": params.level}
+
+
+def test_patchdataset_metadata_and_reads(svs_path: Path, tmp_path: Path) -> None:
+    """metadata has one row per patch; fast and zarr-python reads agree."""
+    selected = _selected(svs_path, [(256, 0.5)], 9)
+    store = _write(svs_path, tmp_path, selected, ShardParams(patches_per_shard=4))
+    fast, slow = PatchDataset([store]), PatchDataset([store, store], fast=False)
+    assert list(fast.metadata.columns) == ["slide_id", "x", "y", "mpp", "size_px", "cluster"]
+    assert len(fast) == 9
+    assert len(slow) == 18
+    np.testing.assert_array_equal(fast.metadata["y"], selected["y"])
+    for i in range(9):
+        np.testing.assert_array_equal(fast[i], slow[i + 9])
+    with pytest.raises(IndexError):
+        fast[9]
+
+
+def test_patchdataset_dataloader_workers(svs_path: Path, tmp_path: Path) -> None:
+    """A DataLoader with two worker processes returns every patch, equal to direct reads."""
+    selected = _selected(svs_path, [(256, 0.5)], 12)
+    store = _write(svs_path, tmp_path, selected, ShardParams(patches_per_shard=4))
+    dataset = PatchDataset([store])
+    dataset[0]  # opens readers in the parent: workers must not reuse its handles
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=2, shuffle=False)
+    batches = torch.cat(list(loader)).numpy()
+    assert batches.shape == (12, 256, 256, 3)
+    reference = zarr.open_array(store / "patches", mode="r")[:]
+    np.testing.assert_array_equal(batches, reference)
