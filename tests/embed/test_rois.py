@@ -74,3 +74,41 @@ def test_run_embed_rois_writes_contract_h5(
         assert np.isfinite(h5["features"][:]).all()
     assert outs[0] == outs[1]
     assert (tmp_path / "s0.json").read_bytes() == (tmp_path / "s1.json").read_bytes()
+
+
+def _copy_tiles(zip_path: str, out: Path, n: int) -> list[tuple[str, str, str]]:
+    """Copy the first n train and test tiles of each class out of the zip into tmp."""
+    import zipfile
+
+    rows = []
+    with zipfile.ZipFile(zip_path) as zf:
+        for split in ("train", "test"):
+            for cls in ("LUAD", "LUSC"):
+                prefix = f"tcga_luadlusc/{split}/{cls}/"
+                names = sorted(m for m in zf.namelist() if m.startswith(prefix) and m != prefix)
+                for name in names[:n]:
+                    rel = f"{split}/{cls}/{Path(name).name}"
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (out / rel).write_bytes(zf.read(name))
+                    rows.append((rel, cls, split))
+    return rows
+
+
+@pytest.mark.parametrize("adapter", ["class_folders", "csv_manifest"])
+def test_file_adapters_read_copied_tiles(adapter: str, demo_task: dict, tmp_path: Path) -> None:
+    """Folder and CSV adapters list the same 12 tiles with the zip's pixels."""
+    rows = _copy_tiles(demo_task["path"], tmp_path, 3)
+    if adapter == "csv_manifest":
+        lines = ["path,label,split"] + [",".join(r) for r in rows]
+        (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+        spec = {"adapter": adapter, "path": str(tmp_path / "manifest.csv")}
+    else:
+        spec = {"adapter": adapter, "path": str(tmp_path), "classes": ["LUAD", "LUSC"]}
+    ds = build_dataset(spec, img_size=224, mean=(0,) * 3, std=(1,) * 3)
+    zipped = ZipClassFolders(demo_task["path"], classes=["LUAD", "LUSC"])
+    assert len(ds) == 12
+    assert ds.label_names == ["LUAD", "LUSC"]
+    assert sorted((it.split, it.label) for it in ds.items).count(("test", 1)) == 3
+    first = ds.items[0].path.split("/")[-1]
+    ref = next(i for i, it in enumerate(zipped.items) if it.path.endswith("/" + first))
+    np.testing.assert_array_equal(ds.read_rgb(0), zipped.read_rgb(ref))

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DATASET_ADAPTERS",
+    "FileRois",
     "RoiItem",
     "ZipClassFolders",
     "build_dataset",
@@ -55,7 +56,48 @@ def to_model_input(
     return (x - m) / s
 
 
-class ZipClassFolders:
+class _RoiImages:
+    """Map-style dataset over ``items`` (RoiItem); subclasses say how to read the bytes."""
+
+    items: list[RoiItem]
+    label_names: list[str]
+
+    def __init__(
+        self,
+        *,
+        img_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.img_size, self.mean, self.std = int(img_size), tuple(mean), tuple(std)
+
+    def _read_bytes(self, index: int) -> bytes:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def read_rgb(self, index: int) -> np.ndarray:
+        """(H, W, 3) uint8 pixels of item ``index``."""
+        with Image.open(io.BytesIO(self._read_bytes(index))) as image:
+            return np.asarray(image.convert("RGB"))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """(model input (3, S, S), index)."""
+        rgb = self.read_rgb(index)
+        return to_model_input(rgb, img_size=self.img_size, mean=self.mean, std=self.std), index
+
+
+def _check_items(items: list[RoiItem], where: str, splits: Sequence[str], classes: Any) -> None:
+    if not items:
+        raise ConfigError(
+            f"{where}: no ROI images for splits {list(splits)} and classes {classes}; "
+            "check the task's `path`, `classes` and `split`"
+        )
+    logger.info("%s: %s ROIs in splits %s", where, len(items), list(splits))
+
+
+class ZipClassFolders(_RoiImages):
     """ROIs stored in a zip as ``<root>/<split>/<class>/<image>``, read without extracting.
 
     The zip handle opens lazily in each process (safe with DataLoader workers). Items are
@@ -72,51 +114,22 @@ class ZipClassFolders:
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
     ) -> None:
+        super().__init__(img_size=img_size, mean=mean, std=std)
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise ConfigError(f"task path {self.path} does not exist (adapter zip_class_folders)")
         self.label_names = list(classes)
-        self.img_size, self.mean, self.std = int(img_size), tuple(mean), tuple(std)
         self._zip: zipfile.ZipFile | None = None
         self._pid = -1
-        self.items = self._index(splits)
-
-    def _index(self, splits: Sequence[str]) -> list[RoiItem]:
-        """List members whose last three path parts are split/class/image."""
-        lookup = {c: i for i, c in enumerate(self.label_names)}
-        items = []
         with zipfile.ZipFile(self.path) as zf:
-            for name in sorted(zf.namelist()):
-                parts = PurePosixPath(name).parts
-                if len(parts) < 3 or not name.lower().endswith(_IMAGE_SUFFIXES):
-                    continue
-                split, cls = parts[-3], parts[-2]
-                if split in splits and cls in lookup:
-                    items.append(RoiItem(path=name, label=lookup[cls], split=split))
-        if not items:
-            raise ConfigError(
-                f"{self.path}: no <split>/<class>/<image> members for splits {list(splits)} "
-                f"and classes {self.label_names}; check the task's `classes` and `splits`"
-            )
-        logger.info("%s: %s ROIs in splits %s", self.path, len(items), list(splits))
-        return items
+            self.items = _items_from_names(zf.namelist(), self.label_names, splits)
+        _check_items(self.items, self.path, splits, self.label_names)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def read_rgb(self, index: int) -> np.ndarray:
-        """(H, W, 3) uint8 pixels of item ``index``."""
+    def _read_bytes(self, index: int) -> bytes:
         if self._zip is None or self._pid != os.getpid():
             self._zip = zipfile.ZipFile(self.path)
             self._pid = os.getpid()
-        data = self._zip.read(self.items[index].path)
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        """(model input (3, S, S), index)."""
-        rgb = self.read_rgb(index)
-        return to_model_input(rgb, img_size=self.img_size, mean=self.mean, std=self.std), index
+        return self._zip.read(self.items[index].path)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -124,14 +137,99 @@ class ZipClassFolders:
         return state
 
 
+def _items_from_names(
+    names: Sequence[str], classes: Sequence[str], splits: Sequence[str]
+) -> list[RoiItem]:
+    """Items for names whose last three parts are split/class/image, sorted by name."""
+    lookup = {c: i for i, c in enumerate(classes)}
+    items = []
+    for name in sorted(names):
+        parts = PurePosixPath(name).parts
+        if len(parts) < 3 or not name.lower().endswith(_IMAGE_SUFFIXES):
+            continue
+        split, cls = parts[-3], parts[-2]
+        if split in splits and cls in lookup:
+            items.append(RoiItem(path=name, label=lookup[cls], split=split))
+    return items
+
+
+class FileRois(_RoiImages):
+    """ROI image files on disk, listed by a folder layout or a CSV manifest."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        items: list[RoiItem],
+        *,
+        label_names: Sequence[str],
+        img_size: int = 224,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+    ) -> None:
+        super().__init__(img_size=img_size, mean=mean, std=std)
+        self.root = os.fspath(root)
+        self.items = items
+        self.label_names = list(label_names)
+
+    def _read_bytes(self, index: int) -> bytes:
+        with open(os.path.join(self.root, self.items[index].path), "rb") as fh:
+            return fh.read()
+
+
+def _splits(spec: Mapping[str, Any]) -> list[str]:
+    """Split names a task uses: ``splits`` or the train/test values of ``split``."""
+    if spec.get("splits"):
+        return list(spec["splits"])
+    split = spec.get("split") or {"train": "train", "test": "test"}
+    names = []
+    for key in ("train", "val", "test"):
+        value = split.get(key)
+        names.extend([value] if isinstance(value, str) else list(value or ()))
+    return names
+
+
 def _zip_class_folders(spec: Mapping[str, Any], **transform: Any) -> ZipClassFolders:
-    """``{adapter: zip_class_folders, path, classes, splits}``."""
-    return ZipClassFolders(
-        spec["path"],
-        classes=spec["classes"],
-        splits=spec.get("splits", ("train", "test")),
-        **transform,
-    )
+    """``{adapter: zip_class_folders, path, classes, split}``."""
+    return ZipClassFolders(spec["path"], classes=spec["classes"], splits=_splits(spec), **transform)
+
+
+def _class_folders(spec: Mapping[str, Any], **transform: Any) -> FileRois:
+    """``{adapter: class_folders, path, classes, split}``: ``<path>/<split>/<class>/<image>``."""
+    root = os.fspath(spec["path"])
+    names = [
+        os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+        for d, _, files in os.walk(root)
+        for f in files
+    ]
+    splits = _splits(spec)
+    items = _items_from_names(names, spec["classes"], splits)
+    _check_items(items, root, splits, spec["classes"])
+    return FileRois(root, items, label_names=spec["classes"], **transform)
+
+
+def _csv_manifest(spec: Mapping[str, Any], **transform: Any) -> FileRois:
+    """``{adapter: csv_manifest, path: manifest.csv}`` with columns path, label, split.
+
+    Image paths are relative to the CSV's folder; labels are class names. When the task
+    gives no ``classes`` they are the sorted distinct labels.
+    """
+    import pandas as pd
+
+    table = pd.read_csv(spec["path"])
+    missing = {"path", "label", "split"} - set(table.columns)
+    if missing:
+        raise ConfigError(f"{spec['path']}: manifest lacks columns {sorted(missing)}")
+    classes = list(spec.get("classes") or sorted(table["label"].astype(str).unique()))
+    lookup = {c: i for i, c in enumerate(classes)}
+    splits = _splits(spec)
+    table = table[table["split"].isin(splits) & table["label"].astype(str).isin(lookup)]
+    items = [
+        RoiItem(path=str(r.path), label=lookup[str(r.label)], split=str(r.split))
+        for r in table.sort_values("path").itertuples()
+    ]
+    _check_items(items, os.fspath(spec["path"]), splits, classes)
+    root = os.path.dirname(os.path.abspath(os.fspath(spec["path"])))
+    return FileRois(root, items, label_names=classes, **transform)
 
 
 DatasetFactory = Callable[..., Any]
@@ -140,6 +238,8 @@ DatasetFactory = Callable[..., Any]
 # with .items (RoiItem) and .label_names.
 DATASET_ADAPTERS: dict[str, DatasetFactory] = {
     "zip_class_folders": _zip_class_folders,
+    "class_folders": _class_folders,
+    "csv_manifest": _csv_manifest,
 }
 
 
@@ -152,7 +252,7 @@ def build_dataset(
         raise ConfigError(
             f"task adapter {adapter!r} is not implemented; available: {sorted(DATASET_ADAPTERS)}"
         )
-    for key in ("path", "classes"):
-        if key not in spec:
+    for key in ("path",) if adapter == "csv_manifest" else ("path", "classes"):
+        if not spec.get(key):
             raise ConfigError(f"task spec for adapter {adapter!r} lacks key {key!r}")
     return DATASET_ADAPTERS[adapter](spec, img_size=img_size, mean=mean, std=std)
