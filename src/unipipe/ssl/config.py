@@ -1,0 +1,334 @@
+"""Pretraining configuration: frozen dataclasses grouped by component, read from one YAML file."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import yaml
+
+from unipipe.config import build_params
+from unipipe.errors import ConfigError
+
+__all__ = [
+    "AugmentConfig",
+    "CheckpointConfig",
+    "CropConfig",
+    "DataConfig",
+    "HeadConfig",
+    "HighResConfig",
+    "LossConfig",
+    "MaskConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PretrainConfig",
+    "ScheduleConfig",
+    "TrainerConfig",
+    "merge_overrides",
+]
+
+
+def _tuple(obj: Any, name: str, length: int | None = None) -> None:
+    """Store list-valued YAML fields as tuples so the frozen config hashes and compares."""
+    value = tuple(getattr(obj, name))
+    if length is not None and len(value) != length:
+        raise ConfigError(f"pretrain key {name!r} needs {length} values, got {value!r}")
+    object.__setattr__(obj, name, value)
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"pretrain key {key!r}: {message}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Backbone: a timm ViT, plus DINOv2-style stochastic depth applied to a batch subset."""
+
+    arch: str = "vit_large_patch16_224"
+    kwargs: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: {"img_size": 224, "init_values": 1e-5}
+    )
+    patch_size: int = 16
+    drop_path_rate: float = 0.3  # max rate, linearly increasing with depth
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # 0-1 RGB
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    sdpa: bool = True  # timm fused attention (torch scaled_dot_product_attention)
+
+    def __post_init__(self) -> None:
+        _tuple(self, "mean", 3)
+        _tuple(self, "std", 3)
+        object.__setattr__(self, "kwargs", dict(self.kwargs))
+        _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
+        _check("drop_path_rate" not in self.kwargs, "model.kwargs", "set model.drop_path_rate")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CropConfig:
+    """Multi-crop geometry; sizes in pixels of the network input, scales as area fractions."""
+
+    global_size: int = 224
+    local_size: int = 96
+    n_local: int = 8
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+
+    def __post_init__(self) -> None:
+        _tuple(self, "global_scale", 2)
+        _tuple(self, "local_scale", 2)
+        _check(self.n_local >= 0, "crops.n_local", "must be >= 0")
+        _check(self.global_size > 0 and self.local_size > 0, "crops.global_size", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AugmentConfig:
+    """Photometric and pathology augmentations (probabilities are per crop)."""
+
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # bright, contr, sat, hue
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # first global, second global, locals
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels at the crop's resolution
+    solarize_p: float = 0.2  # second global crop only
+    rotate90: bool = False  # pathology: random multiples of 90 degrees (also vertical flip)
+    hed_sigma: float = 0.0  # pathology: HED stain jitter strength, 0 = off
+    photometric_on: Literal["worker", "device"] = "worker"
+
+    def __post_init__(self) -> None:
+        _tuple(self, "jitter", 4)
+        _tuple(self, "blur_p", 3)
+        _tuple(self, "blur_sigma", 2)
+        _check(
+            self.photometric_on in ("worker", "device"), "augment.photometric_on", "worker|device"
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MaskConfig:
+    """iBOT block-wise masking on the global crops' patch grid."""
+
+    ratio_min: float = 0.1
+    ratio_max: float = 0.5
+    sample_prob: float = 0.5  # fraction of global crops that get a mask
+    min_patches: int = 4  # smallest block, in patches
+    max_aspect: float = 3.0
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.ratio_min <= self.ratio_max < 1.0, "masking.ratio_min", "0<=min<=max<1")
+        _check(0.0 <= self.sample_prob <= 1.0, "masking.sample_prob", "must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HeadConfig:
+    """DINO and iBOT projection heads."""
+
+    n_prototypes: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    n_layers: int = 3
+    ibot_separate_head: bool = False
+    ibot_n_prototypes: int = 65536  # used only with a separate iBOT head
+
+    def __post_init__(self) -> None:
+        _check(self.n_layers >= 1, "heads.n_layers", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LossConfig:
+    """Loss weights (a loss is off when its weight is 0) and teacher centering."""
+
+    dino_weight: float = 1.0
+    ibot_weight: float = 1.0
+    koleo_weight: float = 0.1
+    centering: Literal["sinkhorn_knopp", "softmax"] = "sinkhorn_knopp"
+    center_momentum: float = 0.9
+    sk_iters: int = 3
+    student_temp: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.centering in ("sinkhorn_knopp", "softmax"), "loss.centering", "unknown")
+        for key in ("dino_weight", "ibot_weight", "koleo_weight"):
+            _check(getattr(self, key) >= 0, f"loss.{key}", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW with layer-wise lr decay; lr = base_lr * sqrt(global_batch / 1024)."""
+
+    base_lr: float = 0.004  # DINOv2's default for a 1024 batch
+    min_lr: float = 1e-6
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    layerwise_decay: float = 0.9
+    patch_embed_lr_mult: float = 0.2
+    clip_grad: float = 3.0  # global L2 norm, 0 = off
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        _tuple(self, "betas", 2)
+        _check(self.base_lr > 0, "optim.base_lr", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScheduleConfig:
+    """Iteration counts; every schedule is per optimiser step."""
+
+    total_steps: int = 125_000
+    steps_per_epoch: int = 1250
+    warmup_epochs: float = 10
+    teacher_temp: tuple[float, float] = (0.04, 0.07)
+    teacher_temp_warmup_epochs: float = 30
+    momentum: tuple[float, float] = (0.992, 1.0)
+    freeze_last_layer_epochs: float = 1
+
+    def __post_init__(self) -> None:
+        _tuple(self, "teacher_temp", 2)
+        _tuple(self, "momentum", 2)
+        _check(self.total_steps > 0, "schedule.total_steps", "must be > 0")
+        _check(self.steps_per_epoch > 0, "schedule.steps_per_epoch", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HighResConfig:
+    """An optional last phase at larger crops (pos-embeds interpolated on the fly)."""
+
+    steps: int = 0  # final optimiser steps run at high resolution, 0 = off
+    global_size: int = 448
+    local_size: int = 192
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 0, "highres.steps", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Loading: per-device batch size and worker processes."""
+
+    batch_size: int = 32  # per device
+    num_workers: int = 8
+    pin_memory: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size > 0, "data.batch_size", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    """Lightning Trainer choices."""
+
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"
+    precision: str = "bf16-mixed"
+    compile: bool = False
+    log_every_n_steps: int = 10
+    slurm_requeue: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.strategy in ("auto", "single", "ddp", "fsdp"), "trainer.strategy", "unknown")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+    """Periodic checkpoints under out_dir/checkpoints/ (last.ckpt always kept)."""
+
+    every_n_steps: int = 2500
+    keep_last: int = 3
+
+    def __post_init__(self) -> None:
+        _check(self.every_n_steps > 0, "checkpoint.every_n_steps", "must be > 0")
+
+
+_GROUPS: dict[str, type] = {
+    "model": ModelConfig,
+    "crops": CropConfig,
+    "augment": AugmentConfig,
+    "masking": MaskConfig,
+    "heads": HeadConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "highres": HighResConfig,
+    "data": DataConfig,
+    "trainer": TrainerConfig,
+    "checkpoint": CheckpointConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    """The whole DINOv2 recipe; YAML top-level keys are the group names."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    crops: CropConfig = dataclasses.field(default_factory=CropConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    masking: MaskConfig = dataclasses.field(default_factory=MaskConfig)
+    heads: HeadConfig = dataclasses.field(default_factory=HeadConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    highres: HighResConfig = dataclasses.field(default_factory=HighResConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.highres.steps < self.schedule.total_steps,
+            "highres.steps",
+            "must be smaller than schedule.total_steps",
+        )
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> PretrainConfig:
+        """Build from a mapping of group name -> fields (unknown groups or keys raise)."""
+        raw = dict(raw or {})
+        unknown = sorted(set(raw) - set(_GROUPS))
+        if unknown:
+            raise ConfigError(f"pretrain config has unknown group(s) {unknown}; {sorted(_GROUPS)}")
+        groups = {
+            name: build_params(group, raw.get(name), f"pretrain.{name}")
+            for name, group in _GROUPS.items()
+        }
+        return cls(**groups)
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None
+    ) -> PretrainConfig:
+        """Read a YAML file and apply overrides.
+
+        Args:
+            path: e.g. ``config/pretrain/tiny_cpu.yaml``.
+            overrides: dotted keys (``{"schedule.total_steps": 4}``) or nested mappings
+                (``{"schedule": {"total_steps": 4}}``); they win over the file.
+        """
+        with open(path) as fh:
+            raw = yaml.safe_load(fh) or {}
+        return cls.from_dict(merge_overrides(raw, overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (the resolved config written into sidecars)."""
+        return dataclasses.asdict(self)
+
+
+def merge_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return ``raw`` with dotted or nested ``overrides`` applied (inputs are not modified)."""
+    merged = copy.deepcopy(dict(raw))
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping) and "." not in key:
+            for sub, sub_value in value.items():
+                merged.setdefault(key, {})[sub] = sub_value
+            continue
+        group, _, field = key.partition(".")
+        if not field:
+            raise ConfigError(f"override {key!r} must be `group.field` or a nested mapping")
+        merged.setdefault(group, {})
+        merged[group] = dict(merged[group] or {})
+        merged[group][field] = value
+    return merged

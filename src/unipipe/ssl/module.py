@@ -1,0 +1,234 @@
+"""The DINOv2 LightningModule: student and EMA teacher, DINO + iBOT + KoLeo losses, schedules."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from unipipe.errors import UnipipeError
+from unipipe.models import build_vit
+from unipipe.ssl.augment import crop_roles, normalize
+from unipipe.ssl.backbone import MaskedViT
+from unipipe.ssl.config import PretrainConfig
+from unipipe.ssl.heads import DINOHead
+from unipipe.ssl.losses import (
+    SoftmaxCenter,
+    dino_cls_loss,
+    ibot_patch_loss,
+    koleo_loss,
+    sinkhorn_knopp,
+)
+from unipipe.ssl.masking import seeded_generator
+from unipipe.ssl.optim import param_groups
+from unipipe.ssl.photometric import photometric
+from unipipe.ssl.schedules import Schedules
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DINOv2Module", "TrainingDivergedError", "build_student"]
+
+
+class TrainingDivergedError(UnipipeError, FloatingPointError):
+    """A loss became NaN or infinite; the message names the step and the loss term."""
+
+
+def build_student(config: PretrainConfig) -> nn.ModuleDict:
+    """Backbone (timm ViT, drop path done by :class:`MaskedViT`), DINO head, optional iBOT head."""
+    m, h = config.model, config.heads
+    vit = build_vit(m.arch, **m.kwargs, drop_path_rate=0.0)
+    backbone = MaskedViT(vit, drop_path_rate=m.drop_path_rate, sdpa=m.sdpa)
+    head_kw = {
+        "hidden_dim": h.hidden_dim,
+        "bottleneck_dim": h.bottleneck_dim,
+        "n_layers": h.n_layers,
+    }
+    student = nn.ModuleDict(
+        {
+            "backbone": backbone,
+            "dino_head": DINOHead(backbone.embed_dim, n_prototypes=h.n_prototypes, **head_kw),
+        }
+    )
+    if h.ibot_separate_head and config.loss.ibot_weight > 0:
+        student["ibot_head"] = DINOHead(
+            backbone.embed_dim, n_prototypes=h.ibot_n_prototypes, **head_kw
+        )
+    return student
+
+
+class DINOv2Module(L.LightningModule):
+    """Self-distillation with no labels, DINOv2 style, on multi-crop batches.
+
+    Args:
+        config: the recipe.
+        global_batch: images per optimiser step over all ranks (sets the lr scaling).
+        seed: run seed (device-side augmentation draws from it).
+    """
+
+    def __init__(self, config: PretrainConfig, *, global_batch: int, seed: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        self.seed = seed
+        self.schedules = Schedules(config=config, global_batch=global_batch)
+        self.student = build_student(config)
+        self.teacher = copy.deepcopy(self.student)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        heads = config.heads
+        ibot_k = heads.ibot_n_prototypes if "ibot_head" in self.student else heads.n_prototypes
+        self.dino_center = SoftmaxCenter(heads.n_prototypes, momentum=config.loss.center_momentum)
+        self.ibot_center = SoftmaxCenter(ibot_k, momentum=config.loss.center_momentum)
+        self.last_metrics: dict[str, float] = {}
+        if config.trainer.compile:
+            for part in (self.student["backbone"], self.teacher["backbone"]):
+                part.vit.blocks = torch.compile(part.vit.blocks)
+
+    # ----- optimisation -----------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW over the student's parameter groups; lr and wd are set every step."""
+        o = self.config.optim
+        groups = param_groups(
+            self.student,
+            depth=self.student["backbone"].depth,
+            layerwise_decay=o.layerwise_decay,
+            patch_embed_lr_mult=o.patch_embed_lr_mult,
+        )
+        return torch.optim.AdamW(groups, lr=0.0, betas=o.betas, weight_decay=0.0)
+
+    def _apply_schedules(self, step: int) -> None:
+        lr, wd = self.schedules.lr(step), self.schedules.weight_decay(step)
+        for group in self.optimizers().optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+            group["weight_decay"] = wd * group["wd_mult"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Freeze the prototype layers early on (no grad, so AdamW skips them entirely)."""
+        if self.schedules.last_layer_frozen(self.global_step):
+            for group in optimizer.param_groups:
+                if group["is_last_layer"]:
+                    for p in group["params"]:
+                        p.grad = None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """EMA teacher update after the optimiser step: t <- m t + (1 - m) s."""
+        momentum = self.schedules.momentum(self.global_step - 1)
+        self.update_teacher(momentum)
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """One EMA step of every teacher parameter towards the student's."""
+        t_params = list(self.teacher.parameters())
+        s_params = [p.detach() for p in self.student.parameters()]
+        torch._foreach_mul_(t_params, momentum)
+        torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+
+    # ----- data on device -----------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int):
+        """Device-side photometric augmentation when the loader sends uint8 crops."""
+        if (
+            self.config.augment.photometric_on != "device"
+            or batch["global_crops"].is_floating_point()
+        ):
+            return batch
+        cfg, m = self.config, self.config.model
+        gen = seeded_generator(self.seed, int(batch["positions"][0]), 13)
+        roles = crop_roles(cfg.augment, cfg.crops.n_local)
+        b = batch["positions"].shape[0]
+        out = {}
+        for key, role_slice in (("global_crops", roles[:2]), ("local_crops", roles[2:])):
+            views = batch[key].float().div_(255.0).split(b)
+            done = [
+                normalize(
+                    photometric(v, cfg.augment, blur_p=bp, solarize_p=sp, gen=gen), m.mean, m.std
+                )
+                for v, (bp, sp) in zip(views, role_slice, strict=True)
+            ]
+            out[key] = torch.cat(done) if done else batch[key].float()
+        return {**batch, **out}
+
+    # ----- losses -----------------------------------------------------------------------
+    def _targets(self, logits: torch.Tensor, center: SoftmaxCenter, temp: float) -> torch.Tensor:
+        if self.config.loss.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(logits, temp, n_iters=self.config.loss.sk_iters)
+        probs = center.probs(logits, temp)
+        center.update(logits)
+        return probs
+
+    def _ibot_head(self, model: nn.ModuleDict) -> nn.Module:
+        return model["ibot_head"] if "ibot_head" in model else model["dino_head"]
+
+    def compute_losses(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch at optimiser step ``step``; ``total`` is the weighted sum."""
+        cfg = self.config.loss
+        g, loc, masks = batch["global_crops"], batch["local_crops"], batch["masks"]
+        n_local = self.config.crops.n_local if loc.shape[0] else 0
+        temp = self.schedules.teacher_temp(step)
+        use_ibot = cfg.ibot_weight > 0 and bool(masks.any())
+
+        with torch.no_grad():  # teacher sees the unmasked global crops
+            t_out = self.teacher["backbone"](g)
+            t_cls = self._targets(
+                self.teacher["dino_head"](t_out.cls), self.dino_center, temp
+            )  # (2B, K)
+            if use_ibot:
+                t_patch_logits = self._ibot_head(self.teacher)(t_out.patch[masks])  # (M, K)
+                t_patch = self._targets(t_patch_logits, self.ibot_center, temp)
+
+        s_g = self.student["backbone"](g, masks if cfg.ibot_weight > 0 else None)
+        zero = s_g.cls.new_zeros((), dtype=torch.float32)
+        losses = {"dino": zero, "ibot": zero, "koleo": zero}
+        if cfg.dino_weight > 0:
+            s_logits = list(self.student["dino_head"](s_g.cls).chunk(2))
+            if n_local:
+                s_l = self.student["backbone"](loc)
+                s_logits += list(self.student["dino_head"](s_l.cls).chunk(n_local))
+            losses["dino"] = dino_cls_loss(
+                s_logits, list(t_cls.chunk(2)), student_temp=cfg.student_temp
+            )
+        if use_ibot:
+            weights = (1.0 / masks.sum(dim=1).clamp(min=1.0)).unsqueeze(1).expand_as(masks)[masks]
+            s_patch = self._ibot_head(self.student)(s_g.patch[masks])  # (M, K)
+            losses["ibot"] = ibot_patch_loss(
+                s_patch, t_patch, weights, n_images=masks.shape[0], student_temp=cfg.student_temp
+            )
+        if cfg.koleo_weight > 0:
+            losses["koleo"] = sum(koleo_loss(c) for c in s_g.cls.chunk(2))
+        if cfg.ibot_weight > 0 and not use_ibot:  # keep the mask token in the graph (DDP)
+            losses["ibot"] = zero + 0.0 * self.student["backbone"].mask_token.sum()
+        losses["total"] = (
+            cfg.dino_weight * losses["dino"]
+            + cfg.ibot_weight * losses["ibot"]
+            + cfg.koleo_weight * losses["koleo"]
+        )
+        return losses
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Set this step's schedules, compute the losses, stop on a non-finite one."""
+        step = self.global_step
+        self._apply_schedules(step)
+        losses = self.compute_losses(batch, step)
+        values = torch.stack([v.detach().float() for v in losses.values()])  # one device sync
+        if not bool(torch.isfinite(values).all()):
+            bad = [f"{k}={float(v)}" for k, v in losses.items() if not math.isfinite(float(v))]
+            raise TrainingDivergedError(
+                f"non-finite loss term(s) {', '.join(bad)} at step {step}; training stopped and "
+                "the last good checkpoint is kept (lower optim.base_lr or check the data)"
+            )
+        metrics = {f"train/{k}": v.detach() for k, v in losses.items()}
+        metrics.update(
+            {
+                "train/lr": self.schedules.lr(step),
+                "train/wd": self.schedules.weight_decay(step),
+                "train/momentum": self.schedules.momentum(step),
+                "train/teacher_temp": self.schedules.teacher_temp(step),
+                "train/step": float(step + 1),
+            }
+        )
+        self.log_dict(metrics, on_step=True, prog_bar=False, sync_dist=self.trainer.world_size > 1)
+        self.last_metrics = {k.removeprefix("train/"): float(v) for k, v in metrics.items()}
+        return losses["total"]

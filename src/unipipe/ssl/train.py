@@ -1,0 +1,269 @@
+"""The pretraining stage: Lightning Trainer set-up, phases, auto-resume, metrics, teacher export."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+from unipipe.models import build_vit, save_encoder
+from unipipe.provenance import atomic_path, write_sidecar
+from unipipe.ssl.config import PretrainConfig
+from unipipe.ssl.data import PretrainDataModule, ShardSource
+from unipipe.ssl.module import DINOv2Module
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["STRATEGIES", "MetricsCSV", "build_trainer", "export_teacher", "phases", "run_pretrain"]
+
+METRIC_COLUMNS = (
+    "step",
+    "total",
+    "dino",
+    "ibot",
+    "koleo",
+    "lr",
+    "wd",
+    "momentum",
+    "teacher_temp",
+    "step_s",
+)
+LAST_CKPT = "last.ckpt"
+
+
+def _fsdp(config: PretrainConfig) -> Any:
+    from lightning.pytorch.strategies import FSDPStrategy
+    from timm.models.vision_transformer import Block
+
+    return FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full", use_orig_params=True)
+
+
+def _ddp(config: PretrainConfig) -> Any:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(find_unused_parameters=False)
+
+
+# trainer.strategy name -> factory of the Lightning strategy.
+STRATEGIES: dict[str, Callable[[PretrainConfig], Any]] = {
+    "auto": lambda config: "auto",
+    "single": lambda config: "auto",
+    "ddp": _ddp,
+    "fsdp": _fsdp,
+}
+
+
+class MetricsCSV(Callback):
+    """Streams one row per optimiser step (rank 0) to ``path``; keeps rows before a resume."""
+
+    def __init__(self, path: Path, *, log_every_n_steps: int) -> None:
+        self.path = path
+        self.log_every = max(log_every_n_steps, 1)
+        self._tick = time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Drop rows of steps that will be recomputed after a resume."""
+        if not trainer.is_global_zero:
+            return
+        rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= trainer.global_step]
+        with open(self.path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self._tick = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs, batch, batch_idx
+    ) -> None:
+        """Append the step's rank-averaged losses and schedule values."""
+        now = time.perf_counter()
+        step_s, self._tick = now - self._tick, now
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        row: dict[str, Any] = {"step": trainer.global_step, "step_s": round(step_s, 4)}
+        for key in METRIC_COLUMNS[1:-1]:
+            value = metrics.get(f"train/{key}", pl_module.last_metrics.get(key))
+            row[key] = float(value) if value is not None else ""
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=METRIC_COLUMNS).writerow(row)
+        if trainer.global_step % self.log_every == 0:
+            logger.info(
+                "step %s loss %.4f (dino %.4f ibot %.4f koleo %.4f) lr %.3g %.2fs/step",
+                row["step"],
+                row["total"],
+                row["dino"],
+                row["ibot"],
+                row["koleo"],
+                row["lr"],
+                step_s,
+            )
+
+
+def phases(config: PretrainConfig) -> list[tuple[int, int, int]]:
+    """(end step, global crop px, local crop px) of the main phase and the high-res one."""
+    total, hr = config.schedule.total_steps, config.highres
+    main = [(total - hr.steps, config.crops.global_size, config.crops.local_size)]
+    return main + ([(total, hr.global_size, hr.local_size)] if hr.steps else [])
+
+
+def build_trainer(
+    config: PretrainConfig, *, out_dir: Path, max_steps: int, metrics_path: Path
+) -> L.Trainer:
+    """A Lightning Trainer for one phase, with periodic checkpoints and the metrics stream."""
+    t, ck = config.trainer, config.checkpoint
+    checkpoints = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=ck.every_n_steps,
+        save_top_k=ck.keep_last,
+        monitor="step",
+        mode="max",
+        save_last=True,
+    )
+    plugins = [SLURMEnvironment(auto_requeue=t.slurm_requeue)] if SLURMEnvironment.detect() else []
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=1 if t.strategy == "single" else t.devices,
+        num_nodes=t.num_nodes,
+        strategy=STRATEGIES[t.strategy](config),
+        precision=t.precision,
+        max_steps=max_steps,
+        max_epochs=-1,
+        gradient_clip_val=config.optim.clip_grad or None,
+        gradient_clip_algorithm="norm",
+        use_distributed_sampler=False,
+        callbacks=[checkpoints, MetricsCSV(metrics_path, log_every_n_steps=t.log_every_n_steps)],
+        plugins=plugins,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=out_dir,
+    )
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+def export_teacher(
+    checkpoint: Path,
+    config: PretrainConfig,
+    *,
+    encoder_safetensors: Path,
+    encoder_json: Path,
+    img_size: int,
+) -> None:
+    """Write the teacher backbone of ``checkpoint`` as a plain timm encoder."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    prefix = "teacher.backbone.vit."
+    weights = {
+        k[len(prefix) :].replace("_orig_mod.", ""): v
+        for k, v in state.items()
+        if k.startswith(prefix)
+    }
+    m = config.model
+    vit = build_vit(m.arch, **m.kwargs)
+    vit.load_state_dict(weights)
+    save_encoder(
+        vit,
+        encoder_safetensors,
+        encoder_json,
+        arch=m.arch,
+        kwargs=m.kwargs,
+        mean=m.mean,
+        std=m.std,
+        patch_size=m.patch_size,
+        img_size=img_size,
+        source="unipipe.ssl DINOv2 teacher",
+    )
+
+
+def run_pretrain(
+    index_parquet: ShardSource,
+    *,
+    config: PretrainConfig,
+    out_dir: str | os.PathLike[str],
+    encoder_safetensors: str | os.PathLike[str],
+    encoder_json: str | os.PathLike[str],
+    metrics_csv: str | os.PathLike[str],
+    sidecar: str | os.PathLike[str],
+    seed: int,
+) -> None:
+    """Train DINOv2 on the shards, resuming from out_dir/checkpoints/last.ckpt if present.
+
+    Writes out_dir/checkpoints/ (every ``checkpoint.every_n_steps``, the last
+    ``checkpoint.keep_last`` kept, plus last.ckpt), ``metrics_csv`` (one row per step:
+    step, total, dino, ibot, koleo, lr, wd, momentum, teacher_temp, step_s), the teacher
+    backbone as ``encoder_safetensors`` + ``encoder_json``, and ``sidecar``.
+
+    Raises:
+        TrainingDivergedError: a loss term became NaN/inf (names the step and term).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = out_dir / "checkpoints" / LAST_CKPT
+    stream = out_dir / "metrics_stream.csv"
+    L.seed_everything(seed, workers=True, verbose=False)
+    logger.info("pretraining with %s", config.to_dict())
+
+    resumed = _checkpoint_step(last) if last.exists() else 0
+    done, module, trainer, img_size = resumed, None, None, config.crops.global_size
+    for end, global_size, local_size in phases(config):
+        img_size = global_size
+        if done >= end:
+            continue
+        trainer = build_trainer(config, out_dir=out_dir, max_steps=end, metrics_path=stream)
+        if module is None:
+            global_batch = config.data.batch_size * trainer.world_size
+            module = DINOv2Module(config, global_batch=global_batch, seed=seed)
+        data = PretrainDataModule(
+            index_parquet,
+            config=config,
+            seed=seed,
+            total_steps=end,
+            global_size=global_size,
+            local_size=local_size,
+        )
+        logger.info("phase to step %s at %s/%s px from step %s", end, global_size, local_size, done)
+        trainer.fit(module, datamodule=data, ckpt_path=last if last.exists() else None)
+        trainer.save_checkpoint(last)
+        done = end
+
+    if trainer is not None and not trainer.is_global_zero:
+        return
+    export_teacher(
+        last,
+        config,
+        encoder_safetensors=Path(encoder_safetensors),
+        encoder_json=Path(encoder_json),
+        img_size=img_size,
+    )
+    if stream.exists():
+        with atomic_path(metrics_csv) as tmp:
+            shutil.copyfile(stream, tmp)
+    inputs = (
+        [index_parquet] if isinstance(index_parquet, str | os.PathLike) else list(index_parquet)
+    )
+    write_sidecar(
+        sidecar,
+        stage="pretrain",
+        params={"config": config, "seed": seed},
+        inputs=inputs,
+        extra={"final_step": done, "resumed_from_step": resumed},
+    )
