@@ -28,6 +28,7 @@ class RoiFeatures:
         label_names: class names, index = label.
         encoder: encoder config name.
         dataset: dataset path the ROIs were read from.
+        img_size: input side in px the ROIs were embedded at (None if not recorded).
     """
 
     features: np.ndarray
@@ -37,6 +38,7 @@ class RoiFeatures:
     label_names: list[str]
     encoder: str
     dataset: str
+    img_size: int | None = None
 
     def subset(self, split_names: str | list[str]) -> np.ndarray:
         """Row indices whose split is one of ``split_names`` (in file order)."""
@@ -62,6 +64,7 @@ def read_roi_features(path: str | os.PathLike[str]) -> RoiFeatures:
             label_names=[str(n) for n in _text(np.asarray(h5.attrs["label_names"]))],
             encoder=str(h5.attrs.get("encoder", "")),
             dataset=str(h5.attrs.get("dataset", "")),
+            img_size=int(h5.attrs["img_size"]) if "img_size" in h5.attrs else None,
         )
 
 

@@ -149,6 +149,7 @@ def run_evaluate(
         "task": task.get("id"),
         "protocol": protocol,
         "encoder": feats.encoder,
+        "img_size": feats.img_size,
         "n_train": len(train),
         "n_test": len(test),
         "n_classes": n_classes,

@@ -1,0 +1,158 @@
+"""Tests of unipipe.report.run_report: summary.csv, index.html and that every link resolves."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from unipipe.errors import ConfigError
+from unipipe.report.run import run_report
+from unipipe.report.summary import uni_figure
+
+ROOT = Path(__file__).resolve().parents[2]
+ZIP = ROOT / "resources" / "tiles" / "tcga_luadlusc.zip"
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.links += [v for k, v in attrs if k in ("href", "src") and v]
+
+
+def _curate_dir(root: Path, slide: str, names: tuple[str, ...]) -> Path:
+    """A results/curate/{slide} folder whose images are real TCGA JPEG tiles."""
+    folder = root / "curate" / slide
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(ZIP) as zf:
+        jpgs = sorted(n for n in zf.namelist() if n.endswith(".jpg"))
+        for name, member in zip(names, jpgs, strict=False):
+            (folder / name).write_bytes(zf.read(member))
+    (folder / "qc.json").write_text(json.dumps({"verdict": "pass"}))
+    return folder
+
+
+def _metrics(root: Path, encoder: str, task: str, protocol: str, ba: float) -> Path:
+    path = root / "eval" / encoder / task / protocol / "metrics.json"
+    path.parent.mkdir(parents=True)
+    record = {
+        "encoder": encoder,
+        "task": task,
+        "protocol": protocol,
+        "img_size": 224,
+        "n_train": 130,
+        "n_test": 60,
+        "balanced_accuracy": ba,
+        "balanced_accuracy_ci_low": ba - 0.05,
+        "balanced_accuracy_ci_high": ba + 0.05,
+        "auroc": None,
+        "auroc_ci_low": None,
+        "auroc_ci_high": None,
+    }
+    path.write_text(json.dumps(record))
+    return path
+
+
+def _train_csv(root: Path) -> Path:
+    """metrics.csv as unipipe.ssl writes it, plus an extra column and blank cells."""
+    rows = ["step,total,dino,ibot,koleo,lr,epoch"]
+    rows += [f"{s},{5 - s / 10},{3 - s / 20},{2 - s / 20},0.1,{1e-4 * s},{'' if s % 2 else 0}"
+             for s in range(20)]  # fmt: skip
+    path = root / "metrics.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def report_inputs(tmp_path: Path) -> dict:
+    """Two slides (one without a mosaic), three metrics files and a training csv."""
+    full = ("tissue_preview.jpg", "artefacts_preview.jpg", "mosaic.jpg")
+    return {
+        "curate_dirs": [_curate_dir(tmp_path, "CMU-1", full),
+                        _curate_dir(tmp_path, "OS-1", full[:2])],
+        "metrics_jsons": [_metrics(tmp_path, "uni", "crc100k", "linear", 0.87),
+                          _metrics(tmp_path, "random", "tcga_luadlusc_demo", "knn", 0.6),
+                          _metrics(tmp_path, "random", "crc100k", "knn", 0.5)],
+        "train_metrics_csv": _train_csv(tmp_path),
+    }  # fmt: skip
+
+
+def test_run_report_every_link_resolves(report_inputs: dict, tmp_path: Path) -> None:
+    """Each href/src of index.html names a file inside out_dir; images were copied in."""
+    out = tmp_path / "report"
+    run_report(
+        **report_inputs,
+        out_dir=out,
+        tasks_yaml=ROOT / "config" / "tasks.yaml",
+        data_root=tmp_path / "data",
+    )
+    parser = _Links()
+    parser.feed((out / "index.html").read_text())
+    local = [link for link in parser.links if not link.startswith("#")]
+    assert len(local) >= 2 * 5 + 2 + 1  # 5 images as link + src, loss curve, summary.csv
+    for link in local:
+        assert (out / link).is_file(), link
+        assert (out / link).resolve().is_relative_to(out.resolve())
+    assert (out / "assets" / "curate" / "CMU-1" / "mosaic.jpg").is_file()
+    text = (out / "index.html").read_text()
+    assert "mosaic" in text
+    assert "not produced" in text
+    assert "crc100k" in text
+    assert "data not found" in text
+
+
+def test_run_report_summary_rows_and_uni_figures(report_inputs: dict, tmp_path: Path) -> None:
+    """summary.csv has one sorted row per encoder x task x protocol with UNI's figure."""
+    out = tmp_path / "report"
+    run_report(**report_inputs, out_dir=out, tasks_yaml=ROOT / "config" / "tasks.yaml")
+    table = pd.read_csv(out / "summary.csv")
+    assert list(zip(table.encoder, table.task, table.protocol, strict=True)) == [
+        ("random", "crc100k", "knn"), ("random", "tcga_luadlusc_demo", "knn"),
+        ("uni", "crc100k", "linear")]  # fmt: skip
+    assert table.loc[2, "uni_balanced_accuracy"] == pytest.approx(0.874)
+    assert table.loc[0, "uni_balanced_accuracy"] == pytest.approx(0.924)
+    assert pd.isna(table.loc[1, "uni_balanced_accuracy"])
+    assert table.loc[2, "balanced_accuracy_ci_low"] == pytest.approx(0.82)
+
+
+def test_run_report_is_byte_identical_on_rerun(report_inputs: dict, tmp_path: Path) -> None:
+    """Two reports of the same inputs have identical files (PNG without timestamps)."""
+    for name in ("a", "b"):
+        run_report(**report_inputs, out_dir=tmp_path / name)
+    for rel in ("index.html", "summary.csv", "assets/train_loss.png"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_run_report_without_training_or_results(tmp_path: Path) -> None:
+    """No inputs at all still gives a valid page saying what is missing."""
+    run_report(metrics_jsons=[], curate_dirs=[], train_metrics_csv=None, out_dir=tmp_path / "r")
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert "No training metrics given" in text
+    assert "No evaluation results given" in text
+
+
+def test_run_report_bad_training_csv_names_columns(tmp_path: Path) -> None:
+    """A metrics.csv without a loss column raises ConfigError listing its columns."""
+    csv = tmp_path / "m.csv"
+    csv.write_text("step,acc\n0,1\n")
+    with pytest.raises(ConfigError, match="acc"):
+        run_report(metrics_jsons=[], curate_dirs=[], train_metrics_csv=csv, out_dir=tmp_path / "r")
+
+
+def test_uni_figure_respects_img_size() -> None:
+    """BACH's 448 px linear figure differs from its 224 px one; no task gives None."""
+    from unipipe.evaluate.tasks import load_task_registry
+
+    bach = next(
+        t for t in load_task_registry(ROOT / "config" / "tasks.yaml", "d") if t.id == "bach"
+    )
+    assert uni_figure(bach, "linear", "balanced_accuracy", img_size=448) == 0.950
+    assert uni_figure(bach, "linear", "balanced_accuracy") == 0.925
+    assert uni_figure(None, "linear", "balanced_accuracy") is None
