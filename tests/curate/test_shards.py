@@ -167,6 +167,7 @@ def test_fast_shard_array_matches_zarr(svs_path: Path, tmp_path: Path, params) -
     slow = zarr.open_array(store / "patches", mode="r")
     for i in [*range(11), -1]:
         np.testing.assert_array_equal(fast[i], slow[i])
+    assert fast[3].flags.writeable  # torch.as_tensor warns on read-only arrays
     with pytest.raises(IndexError):
         fast[11]
     codec = json.loads((store / "patches" / "zarr.json").read_text())["codecs"][0]
@@ -190,6 +191,8 @@ def test_patchdataset_metadata_and_reads(svs_path: Path, tmp_path: Path) -> None
         np.testing.assert_array_equal(fast[i], slow[i + 9])
     with pytest.raises(IndexError):
         fast[9]
+    flipped = PatchDataset([store], transform=lambda p: p[::-1])
+    np.testing.assert_array_equal(flipped[-1], fast[8][::-1])
 
 
 def test_patchdataset_dataloader_workers(svs_path: Path, tmp_path: Path) -> None:

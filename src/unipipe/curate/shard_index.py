@@ -20,8 +20,10 @@ __all__ = ["FastShardArray", "ShardLayoutError"]
 _EMPTY = np.uint64(2**64 - 1)  # offset and nbytes of a chunk that was never written
 _CRC_BYTES = 4
 
-# Inner compressors this reader decodes itself; anything else falls back to zarr-python.
-_DECODERS: dict[str, Callable[[dict[str, Any]], Callable[[bytes], bytes]]] = {
+# Inner compressors this reader decodes itself, as (codec config -> decode(raw, out=array));
+# anything else falls back to zarr-python.
+Decoder = Callable[..., Any]
+_DECODERS: dict[str, Callable[[dict[str, Any]], Decoder]] = {
     "zstd": lambda cfg: numcodecs.Zstd().decode,
     "blosc": lambda cfg: numcodecs.Blosc().decode,
 }
@@ -118,7 +120,7 @@ class FastShardArray:
         return index
 
     def __getitem__(self, i: int) -> np.ndarray:
-        """Patch ``i`` as a (H, W, C) array."""
+        """Patch ``i`` as a new, writable (H, W, C) array (decoded straight into it)."""
         n = self.shape[0]
         if i < 0:
             i += n
@@ -131,9 +133,13 @@ class FastShardArray:
         offset, nbytes = self._index(shard, fd)[inner]
         if offset == _EMPTY and nbytes == _EMPTY:
             return np.full(self.patch_shape, self.fill_value, dtype=self.dtype)
-        raw = os.pread(fd, int(nbytes), int(offset))
-        data = raw if self._decode is None else self._decode(raw)
-        return np.frombuffer(data, dtype=self.dtype).reshape(self.patch_shape)
+        out = np.empty(self.patch_shape, dtype=self.dtype)
+        if self._decode is None:
+            if nbytes != out.nbytes or os.preadv(fd, [out], int(offset)) != out.nbytes:
+                raise ShardLayoutError(f"{self.array_dir}: patch {i} has {nbytes} bytes")
+        else:
+            self._decode(os.pread(fd, int(nbytes), int(offset)), out=out)
+        return out
 
     def close(self) -> None:
         """Close every open shard file."""

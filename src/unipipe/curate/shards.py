@@ -235,6 +235,8 @@ class PatchDataset:
             and ``spec`` columns).
         spec: which tile spec to read (a TileSpec or its name); None = each store's root spec.
         fast: use the direct shard-index reader when possible.
+        transform: applied to each (H, W, 3) uint8 patch before it is returned (e.g. the
+            augmentation of a training loop); None returns the array itself.
 
     Attributes:
         metadata: one row per patch: slide_id, x, y (level 0), mpp, size_px, cluster.
@@ -246,10 +248,12 @@ class PatchDataset:
         *,
         spec: TileSpec | str | None = None,
         fast: bool = True,
+        transform: Callable[[np.ndarray], Any] | None = None,
     ) -> None:
         sources = _resolve_source(source, spec)
         self.arrays = [str(Path(store) / group) for store, group in sources]
         self.fast = fast
+        self.transform = transform
         frames, counts = [], []
         for store, group_path in sources:
             root = zarr.open_group(store, mode="r")
@@ -293,15 +297,16 @@ class PatchDataset:
             self._readers[k] = reader
         return reader
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        """Patch ``i`` (in metadata row order) as a (H, W, 3) uint8 array."""
+    def __getitem__(self, i: int) -> Any:
+        """Patch ``i`` (in metadata row order): a (H, W, 3) uint8 array, or transform(array)."""
         n = len(self)
         if i < 0:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"patch index {i} out of range for {n} patches")
         k = bisect.bisect_right(self._starts, i) - 1
-        return np.asarray(self._reader(k)[i - self._starts[k]])
+        patch = np.asarray(self._reader(k)[i - self._starts[k]])
+        return patch if self.transform is None else self.transform(patch)
 
 
 def _resolve_source(
