@@ -18,6 +18,7 @@ __all__ = [
     "auroc",
     "balanced_accuracy",
     "bootstrap_ci",
+    "bootstrap_mean_ci",
     "compute_metrics",
     "quadratic_weighted_kappa",
     "top_k_accuracy",
@@ -177,6 +178,23 @@ def bootstrap_ci(
         return float("nan"), float("nan")
     tail = (1.0 - ci) / 2.0
     low, high = np.quantile(finite, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_mean_ci(
+    values: np.ndarray, *, n_resamples: int = 1000, ci: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-sample scores (e.g. retrieval hits).
+
+    Draws the same resamples as ``bootstrap_ci`` for the same seed and N.
+    """
+    if n_resamples == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    means = np.array([values[rng.integers(0, n, size=n)].mean() for _ in range(n_resamples)])
+    tail = (1.0 - ci) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
     return float(low), float(high)
 
 

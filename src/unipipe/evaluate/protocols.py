@@ -19,7 +19,6 @@ differently for the same C and give (slightly) different probes.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ __all__ = [
     "SimpleShotParams",
     "center_normalize",
     "get_protocol",
+    "register_protocol",
     "knn_protocol",
     "linear_protocol",
     "simpleshot_protocol",
@@ -294,19 +294,53 @@ def simpleshot_protocol(
     return ProtocolOutput(pred=np.argmin(dist, axis=1).astype(np.int64), probs=probs)
 
 
+Summariser = Callable[[ProtocolOutput, np.ndarray, int], dict[str, Any]]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Protocol:
-    """A registered protocol: its function and its parameter dataclass."""
+    """A registered protocol.
+
+    Attributes:
+        fn: ``(train_x, train_y, test_x, *, n_classes, params, seed) -> ProtocolOutput``.
+        params_cls: its parameter dataclass (config key ``evaluate.<name>``).
+        summarise: optional ``(output, y_test, n_classes) -> dict`` giving JSON-able
+            ``extra`` results and ``per_sample`` 0/1 arrays (reported as mean + bootstrap CI).
+    """
 
     fn: Callable[..., ProtocolOutput]
     params_cls: type
+    summarise: Summariser | None = None
 
 
-PROTOCOLS: dict[str, Protocol] = {
-    "linear": Protocol(fn=linear_protocol, params_cls=LinearParams),
-    "knn": Protocol(fn=knn_protocol, params_cls=KnnParams),
-    "simpleshot": Protocol(fn=simpleshot_protocol, params_cls=SimpleShotParams),
-}
+def _knn_summary(output: ProtocolOutput, y_test: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """Balanced accuracy at each extra k (UNI also reports 1-NN)."""
+    from unipipe.evaluate.metrics import MetricInput, balanced_accuracy
+
+    dummy = np.zeros((len(y_test), n_classes))
+    at_k = {
+        k: balanced_accuracy(MetricInput(y_true=y_test, y_pred=pred, probs=dummy))
+        for k, pred in output.extra["predictions_at_k"].items()
+    }
+    return {"extra": {"k": output.extra["k"], "balanced_accuracy_at_k": at_k}}
+
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register_protocol(
+    name: str, fn: Callable[..., ProtocolOutput], params_cls: type,
+    summarise: Summariser | None = None,
+) -> None:  # fmt: skip
+    """Add a protocol to ``PROTOCOLS`` (modules of unipipe.evaluate register on import)."""
+    if name in PROTOCOLS:
+        raise ConfigError(f"protocol {name!r} is registered twice")
+    PROTOCOLS[name] = Protocol(fn=fn, params_cls=params_cls, summarise=summarise)
+
+
+register_protocol("linear", linear_protocol, LinearParams)
+register_protocol("knn", knn_protocol, KnnParams, _knn_summary)
+register_protocol("simpleshot", simpleshot_protocol, SimpleShotParams)
 
 
 def get_protocol(name: str) -> Protocol:
@@ -316,8 +350,3 @@ def get_protocol(name: str) -> Protocol:
             f"unknown protocol {name!r} in task 'protocols'; known: {sorted(PROTOCOLS)}"
         )
     return PROTOCOLS[name]
-
-
-def params_fields(name: str) -> list[str]:
-    """Field names of the parameter dataclass of protocol ``name`` (for config help)."""
-    return [f.name for f in dataclasses.fields(get_protocol(name).params_cls)]

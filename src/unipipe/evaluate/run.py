@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from unipipe.config import build_params
 from unipipe.errors import ConfigError
 from unipipe.evaluate.features import RoiFeatures, read_roi_features
-from unipipe.evaluate.metrics import METRICS, MetricInput, compute_metrics
+from unipipe.evaluate.metrics import bootstrap_mean_ci, compute_metrics
 from unipipe.evaluate.protocols import ProtocolOutput, get_protocol
 from unipipe.provenance import atomic_path, to_jsonable, write_json, write_sidecar
 
@@ -84,17 +84,20 @@ def write_predictions(
         pq.write_table(pa.table(columns), tmp)
 
 
-def _extra_k_scores(output: ProtocolOutput, y_test: np.ndarray, k_classes: int) -> dict[str, Any]:
-    """Balanced accuracy of k-NN at each extra k (predictions_at_k), point values only."""
-    at_k = output.extra.get("predictions_at_k")
-    if not at_k:
-        return {key: v for key, v in output.extra.items()}
+def _summarise(
+    proto: Any, output: ProtocolOutput, y_test: np.ndarray, n_classes: int,
+    boot: BootstrapParams, seed: int,
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:  # fmt: skip
+    """The protocol's extra results, and its per-sample scores as mean + bootstrap CI."""
+    if proto.summarise is None:
+        return to_jsonable({k: v for k, v in output.extra.items()}), {}
+    summary = proto.summarise(output, y_test, n_classes)
     scores = {}
-    for k, pred in at_k.items():
-        inp = MetricInput(y_true=y_test, y_pred=pred, probs=np.zeros((len(pred), k_classes)))
-        scores[k] = METRICS["balanced_accuracy"](inp)
-    rest = {key: v for key, v in output.extra.items() if key != "predictions_at_k"}
-    return {**rest, "balanced_accuracy_at_k": scores}
+    for name, per_sample in summary.get("per_sample", {}).items():
+        low, high = bootstrap_mean_ci(per_sample, n_resamples=boot.n_resamples, ci=boot.ci,
+                                      seed=seed)  # fmt: skip
+        scores[name] = {"value": float(np.mean(per_sample)), "ci_low": low, "ci_high": high}
+    return to_jsonable(summary.get("extra", {})), scores
 
 
 def run_evaluate(
@@ -156,9 +159,9 @@ def run_evaluate(
         "label_names": feats.label_names,
         "seed": seed,
         "bootstrap": {"n_resamples": boot.n_resamples, "ci": boot.ci},
-        "extra": to_jsonable(_extra_k_scores(output, y_test, n_classes)),
     }
-    for name, s in scores.items():
+    record["extra"], per_sample_scores = _summarise(proto, output, y_test, n_classes, boot, seed)
+    for name, s in {**scores, **per_sample_scores}.items():
         record[name] = _finite_or_none(s["value"])
         record[f"{name}_ci_low"] = _finite_or_none(s["ci_low"])
         record[f"{name}_ci_high"] = _finite_or_none(s["ci_high"])
