@@ -19,22 +19,24 @@ from unipipe.provenance import atomic_path, write_sidecar
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INDEX_COLUMNS", "index_rows", "run_build_dataset", "write_summary_png"]
+__all__ = ["INDEX_COLUMNS", "INDEX_DTYPES", "index_rows", "run_build_dataset", "write_summary_png"]
 
-INDEX_COLUMNS = (
-    "shard_zarr",
-    "group",
-    "spec",
-    "slide_id",
-    "tissue_type",
-    "size_px",
-    "mpp",
-    "n_patches",
-    "n_shards",
-    "patches_per_shard",
-    "compressor",
-    "shard_bytes",
-)
+# Column -> dtype of the index parquet, in column order.
+INDEX_DTYPES = {
+    "shard_zarr": "str",
+    "group": "str",
+    "spec": "str",
+    "slide_id": "str",
+    "tissue_type": "str",
+    "size_px": "int64",
+    "mpp": "float64",
+    "n_patches": "int64",
+    "n_shards": "int64",
+    "patches_per_shard": "int64",
+    "compressor": "str",
+    "shard_bytes": "int64",
+}
+INDEX_COLUMNS = tuple(INDEX_DTYPES)
 
 
 def index_rows(shard_zarr: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -114,7 +116,7 @@ def run_build_dataset(
     rows = [row for store in shard_zarrs for row in index_rows(store)]
     index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
     index = index.sort_values(["slide_id", "size_px", "mpp"], kind="stable").reset_index(drop=True)
-    index = index.astype({"size_px": np.int64, "n_patches": np.int64, "shard_bytes": np.int64})
+    index = index.astype(INDEX_DTYPES)
     write_parquet(index, index_parquet)
     write_summary_png(index, summary_png)
     totals = index.groupby("spec")["n_patches"].sum()

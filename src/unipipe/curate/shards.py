@@ -1,14 +1,4 @@
-"""Selected patches read once from the slide into a sharded Zarr v3 store, and a dataset over them.
-
-Store layout (``shards/{slide}.zarr``): the group holds, for the first tile spec in
-(size_px, mpp) order, the array ``patches`` (N, H, W, 3) uint8 with one chunk per patch and
-``patches_per_shard`` patches per shard file, plus per-patch 1-D arrays ``x``, ``y`` (level-0
-px, int64), ``mpp`` (float64, target µm/px), ``size_px`` (int64), ``cluster`` (int64) and
-``tissue_fraction`` (float64). Every further spec gets the same arrays in a sub-group named
-after the spec (``TileSpec.name``, e.g. ``512px_0.5mpp``). Group attrs: ``slide_id``,
-``slide_mpp``, ``mpp``, ``size_px`` (of the root spec) and ``specs``, a list of
-{name, group, size_px, mpp, n_patches} where ``group`` is "" for the root.
-"""
+"""Selected patches read once from the slide into a sharded Zarr v3 store, and a dataset over them."""
 
 from __future__ import annotations
 
@@ -127,7 +117,12 @@ def _write_spec(
 
 
 def write_store(
-    slide: Any, selected: pd.DataFrame, store: str | os.PathLike[str], params: ShardParams
+    slide: Any,
+    selected: pd.DataFrame,
+    store: str | os.PathLike[str],
+    params: ShardParams,
+    *,
+    tissue_type: str = "",
 ) -> list[dict[str, Any]]:
     """Write the patch store of one open slide at ``store`` (not atomic; see run_write_shards).
 
@@ -160,6 +155,7 @@ def write_store(
             "size_px": specs[0]["size_px"],
             "patches_per_shard": params.patches_per_shard,
             "compressor": params.compressor,
+            "tissue_type": tissue_type,
             "specs": specs,
         }
     )
@@ -175,6 +171,7 @@ def run_write_shards(
     params: ShardParams,
     shard_zarr: str | os.PathLike[str],
     sidecar: str | os.PathLike[str],
+    tissue_type: str = "",
 ) -> None:
     """Stage ``write_shards``: read every selected patch once and store it in a Zarr v3 group.
 
@@ -184,9 +181,20 @@ def run_write_shards(
         slide_id: the manifest id.
         mpp: level-0 µm/px override (None: from the slide's metadata).
         params: store layout.
-        shard_zarr: output directory store (layout in this module's docstring); written to a
-            temporary sibling and renamed, so a failed run leaves nothing behind.
+        shard_zarr: output directory store, written to a temporary sibling and renamed, so a
+            failed run leaves nothing behind. Layout: the group holds, for the first tile spec
+            in (size_px, mpp) order, the array ``patches`` (N, H, W, 3) uint8 with one chunk
+            per patch and ``patches_per_shard`` patches per shard file, plus per-patch 1-D
+            arrays ``x``, ``y`` (level-0 px, int64), ``mpp`` (target µm/px, float64),
+            ``size_px``, ``cluster`` (int64) and ``tissue_fraction`` (float64), in the row
+            order of selected.parquet. Every further spec gets the same arrays in a sub-group
+            named after the spec (``TileSpec.name``, e.g. ``512px_0.5mpp``). Group attrs:
+            ``slide_id``, ``slide_mpp``, ``mpp`` and ``size_px`` (of the root spec),
+            ``tissue_type``, ``patches_per_shard``, ``compressor`` and ``specs``, a list of
+            {name, group, size_px, mpp, n_patches} where ``group`` is "" for the root.
         sidecar: output JSON with parameters, versions and input checksums.
+        tissue_type: the manifest's tissue or organ of the slide, kept as a group attribute
+            for the dataset index ("" when unknown).
     """
     logger.info("write_shards %s with %s", slide_id, params)
     selected = pd.read_parquet(selected_parquet)
@@ -194,7 +202,7 @@ def run_write_shards(
         open_slide(slide_path, slide_id=slide_id, mpp=mpp) as slide,
         atomic_path(shard_zarr) as tmp,
     ):
-        specs = write_store(slide, selected, tmp, params)
+        specs = write_store(slide, selected, tmp, params, tissue_type=tissue_type)
     logger.info("%s: wrote %s patches to %s", slide_id, [s["n_patches"] for s in specs], shard_zarr)
     write_sidecar(
         sidecar,
