@@ -44,7 +44,7 @@ def write_stores(root: Path, offsets: tuple[int, ...] = (0, 128)) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def shard_index(tmp_path_factory) -> Path:
-    """build_dataset's index parquet over two stores of real patches (88 + 70)."""
+    """build_dataset's index parquet over two stores of real patches (88 + 88)."""
     root = tmp_path_factory.mktemp("shards")
     stores = write_stores(root)
     index = root / "index.parquet"

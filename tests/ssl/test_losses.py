@@ -1,0 +1,96 @@
+"""Tests for the DINO, iBOT and KoLeo losses and the two teacher centerings, on hand-worked values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unipipe.ssl.losses import (
+    SoftmaxCenter,
+    dino_cls_loss,
+    ibot_patch_loss,
+    koleo_loss,
+    sinkhorn_knopp,
+)
+
+
+def test_dino_cls_loss_hand_worked_pairs():
+    """Globals are crossed (never their own teacher view) and locals meet both teacher views."""
+    s0, s1, local = torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]]), torch.zeros(1, 2)
+    t0, t1 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.5]])
+    only_globals = dino_cls_loss([s0, s1], [t0, t1], student_temp=1.0)
+    assert only_globals.item() == pytest.approx((math.log(2) + math.log(4 / 3)) / 2)
+    with_local = dino_cls_loss([s0, s1, local], [t0, t1], student_temp=1.0)
+    assert with_local.item() == pytest.approx((3 * math.log(2) + math.log(4 / 3)) / 4)
+
+
+def test_dino_cls_loss_student_temperature_sharpens():
+    """Dividing the student logits by 0.1 is the same as multiplying them by 10 at temp 1."""
+    s = [torch.randn(4, 8) for _ in range(3)]
+    t = [torch.softmax(torch.randn(4, 8), -1) for _ in range(2)]
+    a = dino_cls_loss(s, t, student_temp=0.1)
+    b = dino_cls_loss([x * 10 for x in s], t, student_temp=1.0)
+    torch.testing.assert_close(a, b)
+
+
+def test_ibot_patch_loss_weights_each_image_once():
+    """Tokens are weighted 1/(masked tokens of their image); the sum is over all global images."""
+    logits = torch.zeros(3, 2)  # tokens: image 0 has 1 masked token, image 1 has 2
+    target = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]])
+    weights = torch.tensor([1.0, 0.5, 0.5])
+    loss = ibot_patch_loss(logits, target, weights, n_images=4, student_temp=1.0)
+    assert loss.item() == pytest.approx(2 * math.log(2) / 4)
+
+
+def test_ibot_patch_loss_no_masked_tokens_is_zero():
+    """An empty selection gives a zero (not NaN) loss."""
+    empty = torch.zeros(0, 5)
+    assert ibot_patch_loss(empty, empty, torch.zeros(0), n_images=4).item() == 0.0
+
+
+def test_koleo_loss_hand_worked_and_scale_free():
+    """Points at 0, 90 and 180 degrees all have nearest neighbours sqrt(2) away."""
+    x = torch.tensor([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])
+    assert koleo_loss(x).item() == pytest.approx(-0.5 * math.log(2), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("x", "expected_zero"),
+    [(torch.randn(1, 8), True), (torch.ones(2, 8), False), (torch.zeros(3, 8), False)],
+)
+def test_koleo_loss_finite_for_tiny_or_degenerate_batches(x, expected_zero):
+    """One sample gives 0; duplicates or zero vectors stay finite; the result is fp32."""
+    loss = koleo_loss(x.to(torch.bfloat16))
+    assert torch.isfinite(loss)
+    assert loss.dtype == torch.float32
+    assert (loss.item() == 0.0) == expected_zero
+
+
+def test_softmax_center_probs_and_ema_update():
+    """probs = softmax((t - c) / temp); c <- 0.9 c + 0.1 batch mean."""
+    center = SoftmaxCenter(2, momentum=0.9)
+    logits = torch.tensor([[1.0, 3.0], [3.0, 5.0]])
+    torch.testing.assert_close(center.probs(logits, 0.5), torch.softmax(logits / 0.5, -1))
+    center.update(logits)
+    torch.testing.assert_close(center.center, torch.tensor([[0.2, 0.4]]))
+    shifted = center.probs(torch.tensor([[0.2, 0.4]]), 1.0)
+    torch.testing.assert_close(shifted, torch.tensor([[0.5, 0.5]]))
+
+
+def test_sinkhorn_knopp_balances_identical_samples():
+    """Two identical samples preferring prototype 0 (3:1) are split evenly, unlike a softmax."""
+    logits = torch.tensor([[math.log(3.0), 0.0], [math.log(3.0), 0.0]])
+    torch.testing.assert_close(sinkhorn_knopp(logits, 1.0, n_iters=3), torch.full((2, 2), 0.5))
+
+
+def test_sinkhorn_knopp_row_and_column_sums():
+    """Each sample's target sums to 1 and prototypes approach equal mass N / K."""
+    torch.manual_seed(0)
+    logits = torch.randn(64, 16)
+    q = sinkhorn_knopp(logits, 0.5, n_iters=3)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(64))
+    assert (q.sum(dim=0) - 4.0).abs().max() < 0.5
+    q_many = sinkhorn_knopp(logits, 0.5, n_iters=100)
+    torch.testing.assert_close(q_many.sum(dim=0), torch.full((16,), 4.0), atol=1e-3, rtol=0)

@@ -1,0 +1,91 @@
+"""Tests for the DINOv2 LightningModule: losses on a real batch, EMA, loss switches, NaN guard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unipipe.ssl.augment import MultiCrop
+from unipipe.ssl.config import PretrainConfig
+from unipipe.ssl.data import MultiCropCollate, MultiCropDataset, PretrainDataModule, open_patches
+from unipipe.ssl.module import DINOv2Module, TrainingDivergedError
+from unipipe.ssl.train import build_trainer
+
+from .conftest import TINY_YAML
+
+SMALL = {"data.batch_size": 4, "crops.n_local": 2, "heads.n_prototypes": 64, "heads.hidden_dim": 64}
+
+
+def _batch(shard_index, cfg: PretrainConfig, n: int = 4) -> dict[str, torch.Tensor]:
+    patches = open_patches(shard_index)
+    transform = MultiCrop(cfg.crops, cfg.augment, mean=cfg.model.mean, std=cfg.model.std)
+    dataset = MultiCropDataset(patches, transform, seed=0)
+    collate = MultiCropCollate(cfg, seed=0, global_batch=n, global_size=cfg.crops.global_size)
+    return collate([dataset[(i, i)] for i in range(n)])
+
+
+@pytest.mark.parametrize(
+    ("weights", "zero_terms"),
+    [
+        ({}, []),
+        ({"loss.ibot_weight": 0.0}, ["ibot"]),
+        ({"loss.koleo_weight": 0.0, "loss.dino_weight": 0.0}, ["koleo", "dino"]),
+    ],
+)
+def test_compute_losses_term_off_when_weight_zero(shard_index, weights, zero_terms):
+    """Each loss is computed when its weight is positive and exactly 0 when its weight is 0."""
+    cfg = PretrainConfig.from_yaml(TINY_YAML, {**SMALL, **weights})
+    module = DINOv2Module(cfg, global_batch=4)
+    losses = module.compute_losses(_batch(shard_index, cfg), step=0)
+    for name in ("dino", "ibot", "koleo"):
+        assert (float(losses[name]) == 0.0) == (name in zero_terms), name
+    assert torch.isfinite(losses["total"])
+    assert losses["total"].requires_grad
+
+
+def test_compute_losses_dino_near_log_k_at_init(shard_index):
+    """At init the student is near-uniform over K prototypes, so the DINO loss is about log K."""
+    cfg = PretrainConfig.from_yaml(TINY_YAML, SMALL)
+    module = DINOv2Module(cfg, global_batch=4)
+    losses = module.compute_losses(_batch(shard_index, cfg), step=0)
+    assert float(losses["dino"]) == pytest.approx(torch.log(torch.tensor(64.0)).item(), rel=0.1)
+
+
+def test_update_teacher_is_ema_of_student():
+    """teacher <- m * teacher + (1 - m) * student for every parameter."""
+    cfg = PretrainConfig.from_yaml(TINY_YAML, SMALL)
+    module = DINOv2Module(cfg, global_batch=4)
+    with torch.no_grad():
+        for p in module.student.parameters():
+            p.add_(1.0)
+    before_t = [p.clone() for p in module.teacher.parameters()]
+    student = [p.clone() for p in module.student.parameters()]
+    module.update_teacher(0.9)
+    for t0, s, t1 in zip(before_t, student, module.teacher.parameters(), strict=True):
+        torch.testing.assert_close(t1, 0.9 * t0 + 0.1 * s)
+    assert not any(p.requires_grad for p in module.teacher.parameters())
+
+
+class _DivergingModule(DINOv2Module):
+    """Returns a NaN iBOT term from step 2 on."""
+
+    def compute_losses(self, batch, step):
+        losses = super().compute_losses(batch, step)
+        if step >= 2:
+            losses["ibot"] = losses["ibot"] * float("nan")
+            losses["total"] = losses["total"] + losses["ibot"]
+        return losses
+
+
+def test_training_step_nan_stops_naming_step_and_term(shard_index, tmp_path):
+    """A NaN term raises TrainingDivergedError naming it; the last good checkpoint stays."""
+    cfg = PretrainConfig.from_yaml(
+        TINY_YAML,
+        {**SMALL, "schedule.total_steps": 5, "checkpoint.every_n_steps": 1, "data.num_workers": 0},
+    )
+    trainer = build_trainer(cfg, out_dir=tmp_path, max_steps=5, metrics_path=tmp_path / "m.csv")
+    data = PretrainDataModule(shard_index, config=cfg, seed=0, total_steps=5)
+    with pytest.raises(TrainingDivergedError, match=r"ibot=nan.* at step 2"):
+        trainer.fit(_DivergingModule(cfg, global_batch=4), datamodule=data)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 2
