@@ -41,16 +41,14 @@ def _artefact_code() -> int:
 
 @pytest.fixture(autouse=True)
 def _artefact_api(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Use CURATE-A's class registry and blur score once they exist, stand-ins until then."""
+    """Use CURATE-A's class registry once ``unipipe.curate.artefacts`` exists, a stand-in until then."""
     try:
         from unipipe.curate.artefacts import ARTEFACT_CLASSES, blur_score  # noqa: F401
     except ImportError:
+        from unipipe.curate.artefact_blur import blur_score
+
         monkeypatch.setattr(tiling, "_artefact_classes", lambda: {"pen": 2, "fold": 3})
-        monkeypatch.setattr(
-            tiling,
-            "_blur_score",
-            lambda p: float(cv2.Laplacian(cv2.cvtColor(p, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var()),
-        )
+        monkeypatch.setattr(tiling, "_blur_score", blur_score)
 
 
 def _run(slide_path: Path, out: Path, params: TilingParams, masks=None) -> pd.DataFrame:

@@ -90,7 +90,9 @@ class TilingParams:
             fraction of its area (default for every class).
         max_class_fraction: per-class overrides of ``max_artefact_fraction``, by class name.
         min_blur_score: keep a tile only if ``blur_score`` of its patch (read at the spec's mpp)
-            is at least this; 0 turns the blur rule off. Scale: CURATE-A's ``blur_score``.
+            is at least this; 0 turns the blur rule off. Scale: variance of the Laplacian
+            (``unipipe.curate.artefacts.blur_score``); the default is that module's
+            ``BlurParams.min_score`` (sharp H&E at 0.5 mpp scores 700-3300, blurred 30-100).
         overlap_fraction: overlap of neighbouring tiles as a fraction of the tile size
             (stride = size * (1 - overlap_fraction)); 0 gives a non-overlapping grid.
         min_candidate_tissue_fraction: grid tiles with less tissue than this are not listed
@@ -101,7 +103,7 @@ class TilingParams:
     min_tissue_fraction: float = 0.5
     max_artefact_fraction: float = 0.1
     max_class_fraction: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    min_blur_score: float = 0.0
+    min_blur_score: float = 150.0
     overlap_fraction: float = 0.0
     min_candidate_tissue_fraction: float = 0.01
 
