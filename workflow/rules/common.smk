@@ -7,6 +7,8 @@ import pandas as pd
 import yaml
 from snakemake.utils import validate
 
+from unipipe.evaluate.tasks import load_task_registry, task_status
+
 _log = logging.getLogger("unipipe.workflow")
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -48,8 +50,10 @@ wildcard_constraints:
     protocol="[A-Za-z0-9._-]+",
 
 
-with open(config["tasks"]) as _fh:
-    TASKS = {task["id"]: task for task in yaml.safe_load(_fh)["tasks"]}
+TASKS = {
+    task.id: task
+    for task in load_task_registry(config["tasks"], config["evaluate"].get("data_root", "."))
+}
 
 for _tid in config["evaluate"]["tasks"]:
     if _tid not in TASKS:
@@ -57,6 +61,21 @@ for _tid in config["evaluate"]["tasks"]:
             f"config evaluate.tasks names {_tid!r}, which is not in {config['tasks']}; "
             f"known tasks: {sorted(TASKS)}"
         )
+
+
+def _ready_tasks():
+    """Requested tasks whose data is present; the others are logged and shown in the report."""
+    ready = []
+    for task_id in config["evaluate"]["tasks"]:
+        status, reason = task_status(TASKS[task_id])
+        if status == "ready":
+            ready.append(task_id)
+        else:
+            _log.warning("task %r skipped: %s", task_id, reason)
+    return ready
+
+
+READY_TASKS = _ready_tasks()
 
 
 for _name in config["evaluate"]["encoders"]:
@@ -102,6 +121,17 @@ def encoder_spec(name):
     spec = dict(config["encoders"][name])
     if spec["kind"] == "pretrained" and "run" in spec:
         spec["encoder_json"] = f"{RESULTS}/train/{spec.pop('run')}/encoder.json"
+    if spec["kind"] == "random" and "pretrain_config" in spec:
+        # The baseline is the architecture a recipe trains, at random init.
+        with open(spec.pop("pretrain_config")) as fh:
+            model = yaml.safe_load(fh)["model"]
+        spec = {
+            "arch": model["arch"],
+            "kwargs": dict(model.get("kwargs") or {}),
+            "mean": model["mean"],
+            "std": model["std"],
+            **spec,
+        }
     return spec
 
 
@@ -113,14 +143,18 @@ def get_encoder_inputs(wildcards):
     return files
 
 
+def task_spec(task_id):
+    return TASKS[task_id].as_spec()
+
+
 def eval_protocols(task_id):
-    return config["evaluate"].get("protocols") or TASKS[task_id]["protocols"]
+    return config["evaluate"].get("protocols") or list(TASKS[task_id].protocols)
 
 
 def get_eval_targets():
     return [
         f"{RESULTS}/eval/{encoder}/{task}/{protocol}/metrics.json"
-        for task in config["evaluate"]["tasks"]
+        for task in READY_TASKS
         for encoder in config["evaluate"]["encoders"]
         for protocol in eval_protocols(task)
     ]

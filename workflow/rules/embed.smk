@@ -4,7 +4,7 @@
 rule embed_rois:
     input:
         encoder=get_encoder_inputs,
-        data=lambda w: TASKS[w.dataset]["path"] if Path(TASKS[w.dataset]["path"]).exists() else [],
+        data=lambda w: [TASKS[w.dataset].path] if Path(TASKS[w.dataset].path).exists() else [],
     output:
         features=f"{RESULTS}/embed/{{encoder}}/{{dataset}}/features.h5",
         sidecar=f"{RESULTS}/embed/{{encoder}}/{{dataset}}/embed_rois.json",
@@ -19,7 +19,7 @@ rule embed_rois:
         mem_mb=4000,
         runtime=60,
     params:
-        dataset=lambda w: TASKS[w.dataset],
+        dataset=lambda w: task_spec(w.dataset),
         encoder_spec=lambda w: encoder_spec(w.encoder),
         embed=config["embed"],
     script:

@@ -19,7 +19,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     params:
-        task=lambda w: TASKS[w.task],
+        task=lambda w: task_spec(w.task),
         protocol_params=lambda w: config["evaluate"]["params"].get(w.protocol, {}),
         seed=config["seed"],
     script:

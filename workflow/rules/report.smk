@@ -10,9 +10,11 @@ rule report:
             name=["tissue_preview.jpg", "artefacts_preview.jpg", "mosaic.jpg"],
         ),
         train_metrics=rules.pretrain.output.metrics,
+        tasks=config["tasks"],
     output:
         summary=f"{RESULTS}/report/summary.csv",
         html=f"{RESULTS}/report/index.html",
+        data_root=config["evaluate"].get("data_root", "."),
     log:
         "logs/report/report.log",
     benchmark:

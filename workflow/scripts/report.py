@@ -11,4 +11,6 @@ with stage_logging(sm.log[0]):
         curate_dirs=list(sm.params.curate_dirs),
         train_metrics_csv=sm.input.train_metrics,
         out_dir=sm.params.out_dir,
+        tasks_yaml=sm.input.tasks,
+        data_root=sm.params.data_root,
     )
