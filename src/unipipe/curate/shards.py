@@ -54,6 +54,9 @@ _PER_PATCH = {
 }
 METADATA_COLUMNS = ("slide_id", "x", "y", "mpp", "size_px", "cluster")
 
+# Geometry of the (zero-length) arrays of a slide where nothing was selected.
+_EMPTY_SPEC = TileSpec(256, 0.5)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ShardParams:
@@ -111,9 +114,8 @@ def _write_spec(
 
     for name, dtype in _PER_PATCH.items():
         values = rows[name].to_numpy(dtype=dtype) if name in rows else np.full(n, -1, dtype)
-        group.create_array(name, shape=(n,), dtype=dtype, chunks=(max(n, 1),), fill_value=0)[:] = (
-            values
-        )
+        array = group.create_array(name, shape=(n,), dtype=dtype, chunks=(max(n, 1),), fill_value=0)
+        array[:] = values
 
 
 def write_store(
@@ -130,7 +132,7 @@ def write_store(
         The ``specs`` attribute written: {name, group, size_px, mpp, n_patches} per spec.
     """
     groups = list(selected.groupby(["size_px", "mpp"], sort=True)) or [
-        ((TileSpec(256, 0.5).size_px, TileSpec(256, 0.5).mpp), selected)
+        ((_EMPTY_SPEC.size_px, _EMPTY_SPEC.mpp), selected)
     ]
     root = zarr.open_group(store, mode="w", zarr_format=3)
     specs = []
