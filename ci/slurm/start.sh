@@ -135,6 +135,22 @@ render "$HERE/slurmdbd.conf.in" "$STATE/etc/slurmdbd.conf"
 chmod 600 "$STATE/etc/slurmdbd.conf"
 
 export SLURM_CONF="$STATE/etc/slurm.conf"
+# Clients must also find the config without SLURM_CONF: the executor plugin's job step
+# (snakemake-executor-plugin-slurm-jobstep 0.6.1) strips every SLURM_* variable, SLURM_CONF
+# included, before its inner `srun`, which then only looks at the compiled-in /etc/slurm.
+SYSTEM_CONF=/etc/slurm/slurm.conf
+if [[ -L "$SYSTEM_CONF" ]]; then
+    # A link left by an earlier run of this script (dangling, or into a state dir) is replaced.
+    target="$(readlink "$SYSTEM_CONF")"
+    [[ "$target" == */etc/slurm.conf && (! -e "$target" || -d "$(dirname "$target")/../pids") ]] ||
+        die "$SYSTEM_CONF links to $target, not to a state dir of this script; refusing to replace it"
+    rm -f "$SYSTEM_CONF"
+elif [[ -e "$SYSTEM_CONF" ]]; then
+    die "$SYSTEM_CONF exists (a real SLURM config?); refusing to replace it"
+fi
+mkdir -p /etc/slurm
+ln -s "$SLURM_CONF" "$SYSTEM_CONF"
+echo "$SYSTEM_CONF" >"$STATE/pids/.owner"
 export MYSQL_UNIX_PORT="$STATE/mysql/mysqld.sock"
 cat >"$STATE/env.sh" <<ENV
 # Sourced by ci/slurm/exec.sh: how clients reach the CI cluster started by ci/slurm/start.sh.
@@ -185,6 +201,8 @@ wait_for "node $HOST idle" 60 node_idle
 
 # --- 8. smoke test: srun, sbatch, a GPU job, sacct ----------------------------------------------
 [[ "$(inns srun -A ci -N1 -n1 -t 1 hostname -s)" == "$HOST" ]] || die "smoke srun failed"
+[[ "$(env -u SLURM_CONF nsenter --net="$STATE/netns" sinfo -h -o %P | head -n1)" == "debug*" ]] ||
+    die "clients without SLURM_CONF do not find the cluster through $SYSTEM_CONF"
 JOB="$(inns sbatch --parsable -A ci -p gpu --gpus=1 -t 1 -o "$STATE/log/smoke-%j.out" \
     --wrap 'echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}"')"
 job_done() {

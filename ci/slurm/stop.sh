@@ -45,6 +45,15 @@ for name in slurmd slurmctld slurmdbd mariadbd munged; do
     rm -f "$f"
 done
 
+# The /etc/slurm/slurm.conf link start.sh made, if it still points into this state dir.
+if [[ -f "$PIDS/.owner" ]]; then
+    link="$(cat "$PIDS/.owner")"
+    if [[ -L "$link" && "$(readlink "$link")" == "$STATE/etc/slurm.conf" ]]; then
+        rm -f "$link" && echo "[slurm-ci] removed $link"
+    fi
+    rm -f "$PIDS/.owner"
+fi
+
 if mountpoint -q "$STATE/netns" 2>/dev/null; then
     umount "$STATE/netns" && echo "[slurm-ci] removed network namespace $STATE/netns"
 fi
