@@ -208,20 +208,11 @@ def test_patchdataset_dataloader_workers(svs_path: Path, tmp_path: Path) -> None
     np.testing.assert_array_equal(batches, reference)
 
 
-def test_chain_tiles_selection_shards(
-    svs_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_chain_tiles_selection_shards(svs_path: Path, tmp_path: Path) -> None:
     """Tiling, selection and shards in a row: the store holds exactly the selected patches."""
     from unipipe.curate import tiling
     from unipipe.curate.selection import SelectionParams, run_select_patches
 
-    try:
-        from unipipe.curate.artefacts import ARTEFACT_CLASSES  # noqa: F401
-    except ImportError:  # CURATE-A's registry not there yet: one stand-in class
-        from unipipe.curate.artefact_blur import blur_score
-
-        monkeypatch.setattr(tiling, "_artefact_classes", lambda: {"pen": 2})
-        monkeypatch.setattr(tiling, "_blur_score", blur_score)
     with open_slide(svs_path, slide_id="s1") as slide:
         thumb = slide.read_thumbnail(4.0)
         tissue = np.where(thumb.min(axis=2) < 210, 255, 0).astype(np.uint8)

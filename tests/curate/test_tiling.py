@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,46 +12,43 @@ from PIL import Image
 
 from unipipe.config import build_params
 from unipipe.curate import tiling
+from unipipe.curate.artefacts import (
+    ARTEFACT_CLASSES,
+    ArtefactParams,
+    blur_score,
+    run_detect_artefacts,
+)
 from unipipe.curate.tiling import TileSpec, TilingParams, grid_origins, mask_fractions
+from unipipe.curate.tissue import TissueParams, run_segment_tissue
 from unipipe.errors import ConfigError, SlideError
 from unipipe.slide import open_slide
 
-THUMB_MPP = 8.0
+
+@pytest.fixture(scope="module")
+def masks(tmp_path_factory: pytest.TempPathFactory):
+    """Tissue and artefact class masks of a slide from CURATE-A's stages, made once per slide."""
+    made: dict[Path, tuple[Path, Path]] = {}
+
+    def make(slide_path: Path) -> tuple[Path, Path]:
+        if slide_path not in made:
+            out = tmp_path_factory.mktemp("masks")
+            run_segment_tissue(slide_path, slide_id="s1", mpp=None, params=TissueParams(),
+                               mask_png=out / "tissue.png", geojson=out / "tissue.geojson",
+                               preview_jpg=out / "tissue.jpg", sidecar=out / "tissue.json")  # fmt: skip
+            run_detect_artefacts(slide_path, out / "tissue.png", slide_id="s1", mpp=None,
+                                 params=ArtefactParams(), mask_png=out / "artefacts.png",
+                                 qc_json=out / "qc.json", preview_jpg=out / "artefacts.jpg",
+                                 sidecar=out / "artefacts.json")  # fmt: skip
+            made[slide_path] = (out / "tissue.png", out / "artefacts.png")
+        return made[slide_path]
+
+    return make
 
 
-def _write_masks(slide_path: Path, out: Path) -> tuple[Path, Path]:
-    """Tissue (saturation threshold) and class masks made from the slide's real pixels."""
-    with open_slide(slide_path, slide_id="t") as slide:
-        thumb = slide.read_thumbnail(THUMB_MPP)
-    saturation = cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV)[..., 1]
-    tissue = np.where(saturation > 20, 255, 0).astype(np.uint8)
-    grey = cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY)
-    classes = np.where(tissue > 0, 1, 0).astype(np.uint8)
-    classes[(tissue > 0) & (grey < 120)] = _artefact_code()  # dark = a stand-in artefact
-    tissue_png, classes_png = out / "tissue.png", out / "classes.png"
-    Image.fromarray(tissue).save(tissue_png)
-    Image.fromarray(classes).save(classes_png)
-    return tissue_png, classes_png
-
-
-def _artefact_code() -> int:
-    return min(tiling._artefact_classes().values())
-
-
-@pytest.fixture(autouse=True)
-def _artefact_api(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Use CURATE-A's class registry once ``unipipe.curate.artefacts`` exists, a stand-in until then."""
-    try:
-        from unipipe.curate.artefacts import ARTEFACT_CLASSES, blur_score  # noqa: F401
-    except ImportError:
-        from unipipe.curate.artefact_blur import blur_score
-
-        monkeypatch.setattr(tiling, "_artefact_classes", lambda: {"pen": 2, "fold": 3})
-        monkeypatch.setattr(tiling, "_blur_score", blur_score)
-
-
-def _run(slide_path: Path, out: Path, params: TilingParams, masks=None) -> pd.DataFrame:
-    tissue_png, classes_png = masks or _write_masks(slide_path, out)
+def _run(
+    slide_path: Path, out: Path, params: TilingParams, masks: tuple[Path, Path]
+) -> pd.DataFrame:
+    tissue_png, classes_png = masks
     tiling.run_tile_slide(
         slide_path,
         tissue_png,
@@ -126,9 +122,9 @@ def test_mask_fractions_match_direct_count() -> None:
     np.testing.assert_allclose(got, want)
 
 
-def test_run_tile_slide_coordinates_follow_mpp(svs_path: Path, tmp_path: Path) -> None:
+def test_run_tile_slide_coordinates_follow_mpp(svs_path: Path, tmp_path: Path, masks) -> None:
     """At 1.0 mpp on a 0.499 mpp slide the grid steps by 1.0/0.499 x 256 level-0 px."""
-    tiles = _run(svs_path, tmp_path, TilingParams(specs=[TileSpec(256, 1.0)]))
+    tiles = _run(svs_path, tmp_path, TilingParams(specs=[TileSpec(256, 1.0)]), masks(svs_path))
     footprint = 256 * 1.0 / 0.499  # 513.03 level-0 px
     grid = {int(np.floor(i * footprint)) for i in range(5)}  # 0, 513, 1026, 1539, 2052
     assert len(tiles) > 5
@@ -138,15 +134,29 @@ def test_run_tile_slide_coordinates_follow_mpp(svs_path: Path, tmp_path: Path) -
     assert tiles["size_px"].eq(256).all()
 
 
-def test_run_tile_slide_level_from_pyramid(dicom_path: Path, tmp_path: Path) -> None:
+def test_run_tile_slide_level_from_pyramid(dicom_path: Path, tmp_path: Path, masks) -> None:
     """On the 12-level DICOM pyramid a 1.0 mpp tile is read from level 1, 0.5 from level 0."""
-    tiles = _run(dicom_path, tmp_path, TilingParams(specs=[(256, 0.5), (256, 1.0)]))
+    params = TilingParams(specs=[(256, 0.5), (256, 1.0)])
+    tiles = _run(dicom_path, tmp_path, params, masks(dicom_path))
     levels = tiles.groupby("mpp")["level"].unique()
     assert levels[0.5].tolist() == [0]
     assert levels[1.0].tolist() == [1]
 
 
-def test_run_tile_slide_keep_rules(svs_path: Path, tmp_path: Path) -> None:
+def test_run_tile_slide_columns(svs_path: Path, tmp_path: Path, masks) -> None:
+    """tiles.parquet has the contract's columns and one fraction per artefact class."""
+    tiles = _run(svs_path, tmp_path, TilingParams(), masks(svs_path))
+    artefacts = [f"{name}_fraction" for name, code in ARTEFACT_CLASSES.items() if code >= 2]
+    assert list(tiles.columns) == [
+        "slide_id", "x", "y", "size_px", "mpp", "level", "tissue_fraction",
+        *artefacts, "blur_score", "keep",
+    ]  # fmt: skip
+    assert tiles["slide_id"].eq("s1").all()
+    assert tiles["x"].dtype == np.int64
+    assert tiles["keep"].dtype == bool
+
+
+def test_run_tile_slide_keep_rules(svs_path: Path, tmp_path: Path, masks) -> None:
     """keep is exactly tissue >= min, each artefact <= max and blur >= min; blur read iff masks pass."""
     params = TilingParams(
         specs=[TileSpec(128, 0.5)],
@@ -154,7 +164,7 @@ def test_run_tile_slide_keep_rules(svs_path: Path, tmp_path: Path) -> None:
         max_artefact_fraction=0.2,
         min_blur_score=1.0,
     )
-    tiles = _run(svs_path, tmp_path, params)
+    tiles = _run(svs_path, tmp_path, params, masks(svs_path))
     artefact_cols = [f"{n}_fraction" for n in tiling._artefact_classes()]
     masks_ok = (tiles["tissue_fraction"] >= 0.6) & (tiles[artefact_cols] <= 0.2).all(axis=1)
     assert tiles["blur_score"].notna().eq(masks_ok).all()
@@ -163,32 +173,32 @@ def test_run_tile_slide_keep_rules(svs_path: Path, tmp_path: Path) -> None:
     assert tiles[artefact_cols].to_numpy().max() > 0.2  # the artefact rule dropped something
 
 
-def test_run_tile_slide_blur_at_target_mpp(dicom_path: Path, tmp_path: Path) -> None:
+def test_run_tile_slide_blur_at_target_mpp(dicom_path: Path, tmp_path: Path, masks) -> None:
     """blur_score is the score of the patch read at the tile's mpp and level-0 (x, y)."""
     params = TilingParams(specs=[TileSpec(256, 1.0)], max_artefact_fraction=1.0)
-    tiles = _run(dicom_path, tmp_path, params)
+    tiles = _run(dicom_path, tmp_path, params, masks(dicom_path))
     row = tiles[tiles["blur_score"].notna()].iloc[0]
     with open_slide(dicom_path, slide_id="s1") as slide:
         patch = slide.read_region(int(row["x"]), int(row["y"]), 256, 1.0)
-    assert row["blur_score"] == pytest.approx(tiling._blur_score(patch))
+    assert row["blur_score"] == pytest.approx(blur_score(patch))
 
 
-def test_run_tile_slide_other_format(ome_tiff_path: Path, tmp_path: Path) -> None:
+def test_run_tile_slide_other_format(ome_tiff_path: Path, tmp_path: Path, masks) -> None:
     """The OME-TIFF (0.2271 mpp, tifffile) tiles at 0.5 mpp with 128/0.5*0.2271 px steps."""
-    tiles = _run(ome_tiff_path, tmp_path, TilingParams(specs=[TileSpec(128, 0.5)]))
+    params = TilingParams(specs=[TileSpec(128, 0.5)])
+    tiles = _run(ome_tiff_path, tmp_path, params, masks(ome_tiff_path))
     footprint = 128 * 0.5 / 0.2271
     assert tiles["x"].max() + footprint <= 1101
     assert set(np.diff(np.unique(tiles["x"]))) <= {int(footprint), int(footprint) + 1}
     assert tiles["keep"].any()
 
 
-def test_run_tile_slide_rerun_byte_identical(svs_path: Path, tmp_path: Path) -> None:
+def test_run_tile_slide_rerun_byte_identical(svs_path: Path, tmp_path: Path, masks) -> None:
     """A rerun writes the same tiles.parquet and sidecar bytes."""
     params = TilingParams(specs=[(256, 0.5), (512, 0.5)], overlap_fraction=0.25)
-    masks = _write_masks(svs_path, tmp_path)
-    _run(svs_path, tmp_path, params, masks)
+    _run(svs_path, tmp_path, params, masks(svs_path))
     first = ((tmp_path / "tiles.parquet").read_bytes(), (tmp_path / "tiles.json").read_bytes())
-    _run(svs_path, tmp_path, params, masks)
+    _run(svs_path, tmp_path, params, masks(svs_path))
     assert (
         (tmp_path / "tiles.parquet").read_bytes(),
         (tmp_path / "tiles.json").read_bytes(),
@@ -200,9 +210,16 @@ def test_run_tile_slide_rerun_byte_identical(svs_path: Path, tmp_path: Path) -> 
     ]
 
 
-def test_run_tile_slide_leaves_nothing_on_failure(svs_path: Path, tmp_path: Path) -> None:
+def test_run_tile_slide_rejects_unknown_class_limit(svs_path: Path, tmp_path: Path, masks) -> None:
+    """A per-class limit for a class the registry does not have raises ConfigError."""
+    params = TilingParams(max_class_fraction={"coffee_stain": 0.1})
+    with pytest.raises(ConfigError, match="coffee_stain"):
+        _run(svs_path, tmp_path, params, masks(svs_path))
+
+
+def test_run_tile_slide_leaves_nothing_on_failure(svs_path: Path, tmp_path: Path, masks) -> None:
     """Masks of different grids raise SlideError and leave no output or temp file."""
-    tissue_png, _ = _write_masks(svs_path, tmp_path)
+    tissue_png, _ = masks(svs_path)
     small = tmp_path / "small.png"
     Image.fromarray(np.ones((10, 10), np.uint8)).save(small)
     out = tmp_path / "out"

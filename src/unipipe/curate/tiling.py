@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from unipipe.curate.artefacts import ARTEFACT_CLASSES, blur_score
 from unipipe.errors import ConfigError, SlideError
 from unipipe.provenance import atomic_path, write_sidecar
 from unipipe.slide import open_slide
@@ -32,8 +33,7 @@ __all__ = [
     "write_parquet",
 ]
 
-# Codes of the artefact class mask that are not artefacts (CURATE-A's convention).
-_BACKGROUND_CODE = 0
+# Highest code of the artefact class mask that is not an artefact (1 = clean tissue).
 _CLEAN_CODE = 1
 
 
@@ -200,16 +200,8 @@ def write_parquet(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
 
 
 def _artefact_classes() -> dict[str, int]:
-    # Lazy import: CURATE-A owns the class registry.
-    from unipipe.curate.artefacts import ARTEFACT_CLASSES
-
+    """Artefact class name -> code of the class mask (background and clean tissue left out)."""
     return {name: int(code) for name, code in ARTEFACT_CLASSES.items() if code > _CLEAN_CODE}
-
-
-def _blur_score(patch: np.ndarray) -> float:
-    from unipipe.curate.artefacts import blur_score
-
-    return float(blur_score(patch))
 
 
 def _tile_spec(
@@ -252,7 +244,7 @@ def _tile_spec(
     # Blur needs pixels at the target mpp: read only tiles that passed the mask rules.
     blur = np.full(len(xs), np.nan)
     for i in np.flatnonzero(keep):
-        blur[i] = _blur_score(slide.read_region(int(xs[i]), int(ys[i]), spec.size_px, spec.mpp))
+        blur[i] = blur_score(slide.read_region(int(xs[i]), int(ys[i]), spec.size_px, spec.mpp))
     frame["blur_score"] = blur
     if params.min_blur_score > 0:
         keep &= blur >= params.min_blur_score
@@ -280,6 +272,12 @@ def tile_slide(
             f"{classes.shape} differ; regenerate both masks with the same thumb_mpp"
         )
     artefacts = _artefact_classes()
+    unknown = sorted(set(params.max_class_fraction) - set(artefacts))
+    if unknown:
+        raise ConfigError(
+            f"curate.tiling.max_class_fraction has unknown class(es) {unknown}; "
+            f"artefact classes: {sorted(artefacts)}"
+        )
     frames = [_tile_spec(slide, s, tissue, classes, artefacts, params) for s in params.specs]
     return pd.concat(frames, ignore_index=True)
 
