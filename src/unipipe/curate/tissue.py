@@ -12,14 +12,13 @@ import numpy as np
 
 from unipipe.curate.artefact_pen import PenParams, detect_pen
 from unipipe.curate.tissue_geojson import pieces_to_polygons, polygons_to_geojson, write_geojson
-from unipipe.curate.tissue_io import write_jpeg, write_png
+from unipipe.curate.tissue_io import PREVIEW_MAX_PX, fit_preview, write_jpeg, write_png
 from unipipe.curate.tissue_morph import filter_components, odd_kernel_px, square, um2_to_px
 from unipipe.errors import ConfigError
 from unipipe.provenance import write_sidecar
 from unipipe.slide import open_slide
 
 __all__ = [
-    "PREVIEW_MAX_PX",
     "TissueParams",
     "TissueResult",
     "draw_outline",
@@ -30,9 +29,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# Longest side of preview images; the mask itself is never downsized.
-PREVIEW_MAX_PX = 2048
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -192,8 +188,7 @@ def draw_outline(
 ) -> np.ndarray:
     """The image with tissue outlines (green) and holes (blue), downsized to ``max_px``."""
     scale = min(1.0, max_px / max(rgb.shape[:2]))
-    preview = rgb if scale == 1.0 else _downsize(rgb, scale)
-    preview = np.ascontiguousarray(preview)
+    preview = np.ascontiguousarray(fit_preview(rgb, max_px))
     thickness = max(1, round(max(preview.shape[:2]) / 400))
     for rings in polygons:
         for index, ring in enumerate(rings):
@@ -201,11 +196,6 @@ def draw_outline(
             colour = (0, 170, 0) if index == 0 else (0, 90, 255)
             cv2.polylines(preview, [points], True, colour, thickness, cv2.LINE_AA)
     return preview
-
-
-def _downsize(rgb: np.ndarray, scale: float) -> np.ndarray:
-    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
 def run_segment_tissue(

@@ -11,9 +11,28 @@ import numpy as np
 from unipipe.errors import UnipipeError
 from unipipe.provenance import atomic_path
 
-__all__ = ["JPEG_QUALITY", "read_mask_png", "write_jpeg", "write_png"]
+__all__ = [
+    "JPEG_QUALITY",
+    "PREVIEW_MAX_PX",
+    "fit_preview",
+    "read_mask_png",
+    "write_jpeg",
+    "write_png",
+]
 
 JPEG_QUALITY = 90
+
+# Longest side of preview images; masks are never downsized.
+PREVIEW_MAX_PX = 2048
+
+
+def fit_preview(rgb: np.ndarray, max_px: int = PREVIEW_MAX_PX) -> np.ndarray:
+    """``rgb`` area-downsized so that its longest side is at most ``max_px`` (else as is)."""
+    scale = min(1.0, max_px / max(rgb.shape[:2]))
+    if scale == 1.0:
+        return rgb
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
 def write_png(path: str | os.PathLike[str], image: np.ndarray) -> None:

@@ -1,0 +1,79 @@
+"""Tests of the fold, glass and staining detectors on real pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from unipipe.curate.artefact_fold import FoldParams, detect_fold
+from unipipe.curate.artefact_glass import GlassParams, detect_glass
+from unipipe.curate.artefact_stain import StainParams, detect_overstain, detect_understain
+
+TILES = Path(__file__).resolve().parents[2] / "resources" / "qc" / "tiles"
+CLEAN = "medium-nuclei-score-level1-2.png"
+
+
+def _rgb(name: str) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(TILES / name), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _everywhere(rgb: np.ndarray) -> np.ndarray:
+    return np.ones(rgb.shape[:2], bool)
+
+
+def test_fold_flags_crease_but_not_clean_tissue():
+    """The dark crease of the red-pen tile is a fold; clean tumour tissue has none."""
+    crease = _rgb("high-nuclei-score-red-pen-level1.png")
+    clean = _rgb(CLEAN)
+    found = detect_fold(crease, _everywhere(crease), mpp=1.0, params=FoldParams())
+    assert found.mean() > 0.01
+    assert found[200:320].mean() > 5 * found.mean() / 2  # the crease crosses rows ~230-300
+    assert detect_fold(clean, _everywhere(clean), mpp=1.0, params=FoldParams()).mean() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "high"), [("no-tissue.png", 0.95, 1.0), (CLEAN, 0.0, 0.01)]
+)
+def test_glass_on_empty_and_clean_tiles(name, low, high):
+    """A glass tile is all glass when taken for tissue; clean tissue has (almost) none."""
+    rgb = _rgb(name)
+    fraction = detect_glass(rgb, _everywhere(rgb), mpp=1.0, params=GlassParams()).mean()
+    assert low <= fraction <= high
+
+
+def test_glass_stays_inside_tissue():
+    """Glass is only reported where the tissue mask is set."""
+    rgb = _rgb("no-tissue.png")
+    tissue = np.zeros(rgb.shape[:2], bool)
+    tissue[:, :256] = True
+    found = detect_glass(rgb, tissue, mpp=1.0, params=GlassParams())
+    assert not found[:, 256:].any()
+    assert found[:, :256].mean() > 0.9
+
+
+def _darken(rgb: np.ndarray) -> np.ndarray:
+    """Simulated overstaining: transmission to the 4th power, i.e. 4x the optical density."""
+    transmission = rgb.astype(np.float32) / 255.0
+    return np.clip(transmission**4 * 255.0, 0, 255).astype(np.uint8)
+
+
+def _bleach(rgb: np.ndarray) -> np.ndarray:
+    """Simulated understaining: the tissue colour washed 90% towards white."""
+    return np.clip(0.1 * rgb.astype(np.float32) + 0.9 * 245.0, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("transform", "over", "under"),
+    [(lambda x: x, False, False), (_darken, True, False), (_bleach, False, True)],
+    ids=["original", "darkened", "bleached"],
+)
+def test_stain_detectors_on_real_tile(transform, over, under):
+    """The real tile is neither; darkened it is overstained, bleached it is understained."""
+    rgb = transform(_rgb(CLEAN))
+    tissue = _everywhere(rgb)
+    params = StainParams(block_um=128.0)
+    assert bool(detect_overstain(rgb, tissue, mpp=1.0, params=params).mean() > 0.9) == over
+    assert bool(detect_understain(rgb, tissue, mpp=1.0, params=params).mean() > 0.9) == under
