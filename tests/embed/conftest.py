@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 ZIP = Path(__file__).resolve().parents[2] / "resources" / "tiles" / "tcga_luadlusc.zip"
 
@@ -22,3 +23,9 @@ def demo_task() -> dict:
 def tiny_random_spec() -> dict:
     """A `random` encoder spec with the UNI architecture name but tiny width and depth."""
     return {"kind": "random", "arch": "vit_large_patch16_224", "kwargs": TINY_KWARGS, "seed": 0}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Small CPU tensors run far faster on one thread when other jobs share the 2 cores."""
+    torch.set_num_threads(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from unipipe.embed.rois import run_embed_rois
 
@@ -51,3 +52,9 @@ def demo_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
         img_size=224,
     )
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Small CPU tensors run far faster on one thread when other jobs share the 2 cores."""
+    torch.set_num_threads(1)
