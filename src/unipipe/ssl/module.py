@@ -210,6 +210,11 @@ class DINOv2Module(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Set this step's schedules, compute the losses, stop on a non-finite one."""
         step = self.global_step
+        # Drop-path subsets come from torch's global RNG: reseed it from (seed, step, rank) so
+        # that a resumed run repeats exactly what an uninterrupted one does.
+        torch.manual_seed(
+            int(seeded_generator(self.seed, step, self.global_rank, 17).initial_seed())
+        )
         self._apply_schedules(step)
         losses = self.compute_losses(batch, step)
         values = torch.stack([v.detach().float() for v in losses.values()])  # one device sync

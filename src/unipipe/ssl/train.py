@@ -76,6 +76,7 @@ class MetricsCSV(Callback):
         if not trainer.is_global_zero:
             return
         rows = []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             with open(self.path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= trainer.global_step]
