@@ -13,6 +13,8 @@ import google_crc32c
 import numcodecs
 import numpy as np
 
+from unipipe.errors import UnipipeError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["FastShardArray", "ShardLayoutError"]
@@ -29,7 +31,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], Decoder]] = {
 }
 
 
-class ShardLayoutError(ValueError):
+class ShardLayoutError(UnipipeError, ValueError):
     """The array's zarr.json describes a layout the direct reader does not handle."""
 
 
