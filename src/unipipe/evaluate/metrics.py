@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,12 +35,15 @@ class MetricInput:
         y_pred: (N,) int predicted class indices.
         probs: (N, K) class scores (probabilities for linear, vote fractions for k-NN).
         weights: (N,) sample weights; a bootstrap resample is integer counts, None = all 1.
+        cache: weight-independent intermediates (score ranks) shared by the resamples of
+            one bootstrap; leave empty.
     """
 
     y_true: np.ndarray
     y_pred: np.ndarray
     probs: np.ndarray
     weights: np.ndarray | None = None
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n_classes(self) -> int:
@@ -88,17 +91,35 @@ def quadratic_weighted_kappa(inp: MetricInput) -> float:
     return float(1.0 - np.sum(disagreement * cm) / denom)
 
 
-def _binary_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None) -> float:
-    """Weighted Mann-Whitney AUC: P(score_pos > score_neg) + 0.5 P(tie); NaN if a side is empty."""
+def _binary_auc(
+    scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None,
+    ranks: tuple[np.ndarray, int] | None = None,
+) -> float:  # fmt: skip
+    """Weighted Mann-Whitney AUC: P(score_pos > score_neg) + 0.5 P(tie); NaN if a side is empty.
+
+    ``ranks`` = (inverse index into the sorted unique scores, number of unique scores)
+    may be passed precomputed; it does not depend on the weights.
+    """
     w = np.ones(len(scores)) if weights is None else weights.astype(np.float64)
-    uniq, inverse = np.unique(scores, return_inverse=True)
-    pos = np.bincount(inverse, weights=w * positive, minlength=len(uniq))
-    neg = np.bincount(inverse, weights=w * ~positive, minlength=len(uniq))
+    if ranks is None:
+        uniq, inverse = np.unique(scores, return_inverse=True)
+        ranks = (inverse, len(uniq))
+    inverse, n_unique = ranks
+    pos = np.bincount(inverse, weights=w * positive, minlength=n_unique)
+    neg = np.bincount(inverse, weights=w * ~positive, minlength=n_unique)
     n_pos, n_neg = pos.sum(), neg.sum()
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     neg_below = np.cumsum(neg) - neg
     return float(np.sum(pos * (neg_below + 0.5 * neg)) / (n_pos * n_neg))
+
+
+def _ranks(inp: MetricInput, key: tuple, scores: np.ndarray) -> tuple[np.ndarray, int]:
+    """Unique-score ranks of ``scores``, cached in ``inp.cache`` under ``key``."""
+    if key not in inp.cache:
+        uniq, inverse = np.unique(scores, return_inverse=True)
+        inp.cache[key] = (inverse, len(uniq))
+    return inp.cache[key]
 
 
 def auroc(inp: MetricInput) -> float:
@@ -108,15 +129,19 @@ def auroc(inp: MetricInput) -> float:
     and AUC(b vs a on score b), as scikit-learn's ``multi_class="ovo", average="macro"`` does.
     """
     if inp.n_classes == 2:
-        return _binary_auc(inp.probs[:, 1], inp.y_true == 1, inp.weights)
+        scores = inp.probs[:, 1]
+        return _binary_auc(scores, inp.y_true == 1, inp.weights, _ranks(inp, ("b",), scores))
     pair_aucs = []
     for a in range(inp.n_classes):
         for b in range(a + 1, inp.n_classes):
-            mask = (inp.y_true == a) | (inp.y_true == b)
-            w = None if inp.weights is None else inp.weights[mask]
-            y = inp.y_true[mask]
-            auc_a = _binary_auc(inp.probs[mask, a], y == a, w)
-            auc_b = _binary_auc(inp.probs[mask, b], y == b, w)
+            if ("mask", a, b) not in inp.cache:
+                inp.cache[("mask", a, b)] = np.flatnonzero((inp.y_true == a) | (inp.y_true == b))
+            rows = inp.cache[("mask", a, b)]
+            w = None if inp.weights is None else inp.weights[rows]
+            y = inp.y_true[rows]
+            sa, sb = inp.probs[rows, a], inp.probs[rows, b]
+            auc_a = _binary_auc(sa, y == a, w, _ranks(inp, ("a", a, b), sa))
+            auc_b = _binary_auc(sb, y == b, w, _ranks(inp, ("b", a, b), sb))
             pair_aucs.append(0.5 * (auc_a + auc_b))
     return float(np.mean(pair_aucs))
 
@@ -166,11 +191,13 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     n = len(inp.y_true)
     values = np.empty(n_resamples)
+    cache: dict = {}
     for i in range(n_resamples):
         counts = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
-        values[i] = metric(
-            MetricInput(y_true=inp.y_true, y_pred=inp.y_pred, probs=inp.probs, weights=counts)
+        resample = MetricInput(
+            y_true=inp.y_true, y_pred=inp.y_pred, probs=inp.probs, weights=counts, cache=cache
         )
+        values[i] = metric(resample)
     finite = values[np.isfinite(values)]
     if len(finite) < n_resamples:
         logger.info("bootstrap: %s of %s resamples undefined", n_resamples - len(finite), n)
