@@ -89,3 +89,24 @@ def test_training_step_nan_stops_naming_step_and_term(shard_index, tmp_path):
         trainer.fit(_DivergingModule(cfg, global_batch=4), datamodule=data)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 2
+
+
+def test_prototype_layer_frozen_in_first_epoch():
+    """Before freeze_last_layer_epochs the prototype grads are dropped; other grads are kept."""
+    cfg = PretrainConfig.from_yaml(TINY_YAML, SMALL)
+    module = DINOv2Module(cfg, global_batch=4)
+    optimizer = module.configure_optimizers()
+    for p in module.student.parameters():
+        if p.requires_grad:
+            p.grad = torch.ones_like(p)
+    module.on_before_optimizer_step(optimizer)  # global_step is 0 outside a trainer
+    protos = module.student["dino_head"].last_layer.parametrizations.weight.original1
+    assert protos.grad is None
+    assert module.student["backbone"].vit.cls_token.grad is not None
+
+
+def test_train_mode_keeps_teacher_in_eval():
+    """module.train() (called by Lightning) leaves the teacher in eval mode: no drop path."""
+    module = DINOv2Module(PretrainConfig.from_yaml(TINY_YAML, SMALL), global_batch=4).train()
+    assert module.student.training
+    assert not any(m.training for m in module.teacher.modules())

@@ -88,6 +88,12 @@ class DINOv2Module(L.LightningModule):
             for part in (self.student["backbone"], self.teacher["backbone"]):
                 part.vit.blocks = torch.compile(part.vit.blocks)
 
+    def train(self, mode: bool = True) -> DINOv2Module:
+        """Switch the student's mode; the teacher always stays in eval mode (no drop path)."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
     # ----- optimisation -----------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW over the student's parameter groups; lr and wd are set every step."""
