@@ -59,12 +59,23 @@ def test_task_status_demo_ready_missing_data_skipped(tmp_path: Path) -> None:
 
 
 def test_task_status_data_without_adapter_is_skipped(tmp_path: Path) -> None:
-    """A slide task whose folder exists is still skipped: its adapter is not built yet."""
+    """A SegPath folder that exists is still skipped: the segpath adapter is not built."""
+    (tmp_path / "segpath" / "rbc").mkdir(parents=True)
+    task = next(t for t in load_task_registry(TASKS_YAML, tmp_path) if t.id == "segpath_rbc")
+    status, reason = task_status(task)
+    assert status == "skipped"
+    assert "segpath" in reason
+
+
+def test_task_status_slide_task_needs_manifest(tmp_path: Path) -> None:
+    """A slide folder without slides.csv is skipped naming slides.csv; with it, ready."""
     (tmp_path / "camelyon16").mkdir()
     task = next(t for t in load_task_registry(TASKS_YAML, tmp_path) if t.id == "camelyon16")
     status, reason = task_status(task)
     assert status == "skipped"
-    assert "slide_bags" in reason
+    assert str(tmp_path / "camelyon16" / "slides.csv") in reason
+    (tmp_path / "camelyon16" / "slides.csv").write_text("slide_id,label,split,features_h5\n")
+    assert task_status(task) == ("ready", "")
 
 
 @pytest.mark.parametrize(

@@ -1,21 +1,4 @@
-"""ROI-level evaluation protocols on frozen features: linear probe, k-NN and SimpleShot.
-
-Every protocol is a function ``(train_x, train_y, test_x, *, n_classes, params, seed) ->
-ProtocolOutput`` registered in ``PROTOCOLS`` together with its parameter dataclass.
-
-Linear probe, and what UNI's ``C = D * K / 100`` means:
-UNI's published code (``use_sklearn=False``, its default) fits a K-output softmax layer with
-torch L-BFGS (strong-Wolfe line search, weights and bias initialised at 0) on
-``mean cross-entropy + (1 / C) * 0.5 * ||W||_F`` - note the Frobenius norm is *not*
-squared and the bias is not penalised. That is backend ``"uni_torch"`` here (the default).
-scikit-learn's ``C`` means something else: lbfgs minimises
-``C * sum cross-entropy + 0.5 * ||W||_F^2`` (equivalently mean loss + ||W||^2 / (2 C N)),
-also with the intercept unpenalised (checked in sklearn 1.9.1 ``_linear_loss.py``: the
-L2 term takes the coefficients without the intercept). Backend ``"sklearn"`` passes the same
-number as sklearn's C, as UNI's ``use_sklearn=True`` path did; with 2 classes sklearn fits
-one binomial weight vector, not a 2-way softmax. The two backends therefore regularise
-differently for the same C and give (slightly) different probes.
-"""
+"""ROI-level evaluation protocols on frozen features: linear probe, k-NN and SimpleShot."""
 
 from __future__ import annotations
 
@@ -193,10 +176,20 @@ def linear_protocol(
     params: LinearParams,
     seed: int,
 ) -> ProtocolOutput:
-    """Multinomial logistic regression on raw (unstandardised) features.
+    """Multinomial logistic regression on raw (unstandardised) features, L-BFGS.
 
-    ``C`` defaults to feature_dim x n_classes / 100 (UNI); ``seed`` seeds torch for parity,
-    although both backends start from a deterministic point.
+    ``C`` defaults to UNI's feature_dim x n_classes / 100. What that C means depends on the
+    objective. UNI's published code (``use_sklearn=False``, its default) fits a K-output
+    softmax layer with torch L-BFGS (strong-Wolfe line search, weights and bias starting
+    at 0) on ``mean cross-entropy + (1 / C) * 0.5 * ||W||_F``: the Frobenius norm is *not*
+    squared and the bias is not penalised. That is backend ``uni_torch`` (the default).
+    scikit-learn's lbfgs minimises ``C * sum cross-entropy + 0.5 * ||W||_F^2`` (i.e. mean
+    loss + ||W||^2 / (2 C N)), its intercept also unpenalised (checked in sklearn 1.9.1
+    ``_linear_loss.py``: the L2 term takes the coefficients without the intercept). Backend
+    ``sklearn`` passes the same number as sklearn's C, as UNI's ``use_sklearn=True`` path
+    did; with 2 classes sklearn fits one binomial weight vector rather than a 2-way softmax.
+    For one C the two backends regularise differently, so their probes differ slightly.
+    ``seed`` seeds torch for parity; both backends start from a fixed point.
     """
     c = params.C if params.C is not None else train_x.shape[1] * n_classes / 100.0
     logger.info("linear probe: backend=%s C=%s max_iter=%s", params.backend, c, params.max_iter)

@@ -15,7 +15,7 @@ from unipipe.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LEVELS", "Task", "UniFigure", "load_task_registry", "task_status"]
+__all__ = ["LEVELS", "SLIDE_ADAPTERS", "Task", "UniFigure", "load_task_registry", "task_status"]
 
 LEVELS = ("roi", "slide", "segmentation")
 
@@ -160,11 +160,18 @@ def load_task_registry(
     return [_task_from_entry(str(tid), entry, root) for tid, entry in entries.items()]
 
 
+# Slide-level adapters unipipe implements: slide_bags reads {path}/slides.csv (slide_id,
+# label, split, features_h5) and runs unipipe.evaluate.slides.run_evaluate_slides.
+SLIDE_ADAPTERS = {"slide_bags": "slides.csv"}
+
+
 def _adapter_available(task: Task) -> bool:
-    """Whether unipipe implements the task's dataset adapter (ROI adapters only so far)."""
+    """Whether unipipe implements the task's dataset adapter."""
     from unipipe.embed.datasets import DATASET_ADAPTERS
 
-    return task.level == "roi" and task.adapter in DATASET_ADAPTERS
+    if task.level == "roi":
+        return task.adapter in DATASET_ADAPTERS
+    return task.level == "slide" and task.adapter in SLIDE_ADAPTERS
 
 
 def task_status(task: Task) -> tuple[Literal["ready", "skipped"], str]:
@@ -172,9 +179,12 @@ def task_status(task: Task) -> tuple[Literal["ready", "skipped"], str]:
 
     A task is ready when its data exists and its adapter is implemented.
     """
-    if not Path(task.path).exists():
+    where = Path(task.path)
+    if task.level == "slide" and task.adapter in SLIDE_ADAPTERS:
+        where = where / SLIDE_ADAPTERS[task.adapter]
+    if not where.exists():
         return "skipped", (
-            f"data not found at {task.path} (set evaluate.data_root or place "
+            f"data not found at {where} (set evaluate.data_root or place "
             f"{task.extra.get('data') or 'the dataset'} there)"
         )
     if not _adapter_available(task):

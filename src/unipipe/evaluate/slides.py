@@ -1,0 +1,153 @@
+"""Stage entry point for slide tasks: ABMIL on feature bags listed in a slide manifest."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from unipipe.config import build_params
+from unipipe.errors import ConfigError
+from unipipe.evaluate.abmil import AbmilParams, fit_abmil, predict_abmil
+from unipipe.evaluate.features import read_bag
+from unipipe.evaluate.metrics import compute_metrics
+from unipipe.evaluate.run import DEFAULT_METRICS, BootstrapParams, _finite_or_none
+from unipipe.provenance import atomic_path, write_json, write_sidecar
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MANIFEST_NAME", "SlideSplitParams", "read_slide_manifest", "run_evaluate_slides"]
+
+# The slide_bags adapter reads {task path}/slides.csv.
+MANIFEST_NAME = "slides.csv"
+_COLUMNS = ("slide_id", "label", "split", "features_h5")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlideSplitParams:
+    """Validation hold-out (config key ``evaluate.slides``).
+
+    Attributes:
+        val_fraction: share of each class's train slides held out (seeded) for early
+            stopping when the manifest has no ``val`` split.
+    """
+
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(
+                f"evaluate.slides.val_fraction must be in (0, 1): {self.val_fraction}"
+            )
+
+
+def read_slide_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """slides.csv: slide_id, label (class name), split, features_h5 (relative to the CSV)."""
+    table = pd.read_csv(path, dtype={"slide_id": str, "label": str, "split": str})
+    missing = sorted(set(_COLUMNS) - set(table.columns))
+    if missing:
+        raise ConfigError(f"{os.fspath(path)} lacks columns {missing}; needs {list(_COLUMNS)}")
+    root = Path(path).resolve().parent
+    table["features_h5"] = [str(root / p) for p in table["features_h5"]]
+    return table.sort_values("slide_id", kind="stable").reset_index(drop=True)
+
+
+def _hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of train slides moved to validation: >= 1 per class with >= 2 slides."""
+    rng = np.random.default_rng(seed)
+    val = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        n_val = max(1, round(fraction * len(rows))) if len(rows) >= 2 else 0
+        val[rng.choice(rows, size=n_val, replace=False)] = True
+    return val
+
+
+def run_evaluate_slides(
+    manifest_csv: str | os.PathLike[str],
+    *,
+    task: Mapping[str, Any],
+    params: Mapping[str, Any] | None,
+    seed: int,
+    metrics_json: str | os.PathLike[str],
+    predictions_parquet: str | os.PathLike[str],
+    sidecar: str | os.PathLike[str],
+    encoder_name: str = "",
+) -> None:
+    """Train ABMIL on the train slides (early stopping on val), score the test slides.
+
+    Args:
+        manifest_csv: the task's slides.csv (one row per slide and its feature bag h5).
+        task: the task entry (``id``, ``classes``, ``split``, ``metrics``).
+        params: the ``evaluate`` section: ``abmil``, ``slides``, ``bootstrap``.
+        seed: seeds the hold-out, ABMIL and the bootstrap.
+        metrics_json: same layout as run_evaluate's (protocol ``abmil``).
+        predictions_parquet: slide_id, label, pred and prob_<class> per test slide.
+        sidecar: provenance JSON.
+        encoder_name: the encoder that produced the bags (recorded in metrics.json).
+    """
+    params = dict(params or {})
+    abmil = build_params(AbmilParams, params.get("abmil"), "evaluate.abmil")
+    split_params = build_params(SlideSplitParams, params.get("slides"), "evaluate.slides")
+    boot = build_params(BootstrapParams, params.get("bootstrap"), "evaluate.bootstrap")
+    table = read_slide_manifest(manifest_csv)
+    classes = list(task.get("classes") or sorted(table["label"].unique()))
+    lookup = {c: i for i, c in enumerate(classes)}
+    table = table[table["label"].isin(lookup)].reset_index(drop=True)
+    labels = table["label"].map(lookup).to_numpy()
+
+    split = dict(task.get("split") or {})
+    is_train = table["split"].eq(split.get("train", "train")).to_numpy()
+    is_test = table["split"].eq(split.get("test", "test")).to_numpy()
+    is_val = table["split"].eq("val").to_numpy()
+    if not is_val.any():
+        moved = np.zeros(len(table), dtype=bool)
+        moved[is_train] = _hold_out(labels[is_train], split_params.val_fraction, seed)
+        is_val, is_train = moved, is_train & ~moved
+    bags = [read_bag(p).features for p in table["features_h5"]]
+    pick = lambda mask: [bags[i] for i in np.flatnonzero(mask)]  # noqa: E731
+    logger.info("ABMIL %s: %s train, %s val, %s test slides", task.get("id"), is_train.sum(),
+                is_val.sum(), is_test.sum())  # fmt: skip
+
+    model, history = fit_abmil(pick(is_train), labels[is_train], pick(is_val), labels[is_val],
+                               n_classes=len(classes), params=abmil, seed=seed)  # fmt: skip
+    probs, _ = predict_abmil(model, pick(is_test))
+    pred = probs.argmax(axis=1)
+    y_test = labels[is_test]
+    names = list(task.get("metrics") or DEFAULT_METRICS)
+    scores = compute_metrics(y_test, pred, probs, names=names, n_resamples=boot.n_resamples,
+                             ci=boot.ci, seed=seed)  # fmt: skip
+
+    record: dict[str, Any] = {
+        "task": task.get("id"), "protocol": "abmil", "encoder": encoder_name,
+        "n_train": int(is_train.sum()), "n_val": int(is_val.sum()), "n_test": int(is_test.sum()),
+        "n_classes": len(classes), "label_names": classes, "seed": seed, "img_size": None,
+        "bootstrap": {"n_resamples": boot.n_resamples, "ci": boot.ci},
+        "extra": {"best_epoch": history.best_epoch, "epochs_run": len(history.val_loss)},
+    }  # fmt: skip
+    for name, s in scores.items():
+        record[name] = _finite_or_none(s["value"])
+        record[f"{name}_ci_low"] = _finite_or_none(s["ci_low"])
+        record[f"{name}_ci_high"] = _finite_or_none(s["ci_high"])
+    write_json(metrics_json, record)
+
+    columns = {
+        "slide_id": pa.array(table["slide_id"][is_test].tolist()),
+        "label": pa.array(y_test.astype(np.int64)),
+        "pred": pa.array(pred.astype(np.int64)),
+    }
+    for c, name in enumerate(classes):
+        columns[f"prob_{name}"] = pa.array(probs[:, c])
+    with atomic_path(predictions_parquet) as tmp:
+        pq.write_table(pa.table(columns), tmp)
+    write_sidecar(sidecar, stage="evaluate_slides", params={"abmil": abmil, "slides": split_params,
+                  "bootstrap": boot, "seed": seed, "task": dict(task)},
+                  inputs=[manifest_csv, *table["features_h5"]])  # fmt: skip
