@@ -15,7 +15,7 @@ from unipipe.models import load_encoder
 from unipipe.ssl import PretrainConfig, run_pretrain
 from unipipe.ssl.data import PretrainDataModule
 from unipipe.ssl.module import DINOv2Module
-from unipipe.ssl.train import build_trainer
+from unipipe.ssl.train import build_trainer, latest_checkpoint
 
 from .conftest import TINY_YAML
 
@@ -128,3 +128,13 @@ def test_run_pretrain_device_photometric_path_trains(shard_index, tmp_path, phot
         shard_index, tmp_path, {"augment.photometric_on": photometric_on, "schedule.total_steps": 2}
     )
     assert pd.read_csv(tmp_path / "metrics.csv")["total"].notna().all()
+
+
+def test_latest_checkpoint_prefers_furthest_requeue_checkpoint(tmp_path):
+    """A SLURM requeue checkpoint further on than last.ckpt is the one resumed from."""
+    (tmp_path / "checkpoints").mkdir()
+    assert latest_checkpoint(tmp_path) is None
+    torch.save({"global_step": 10}, tmp_path / "checkpoints" / "last.ckpt")
+    torch.save({"global_step": 12}, tmp_path / "hpc_ckpt_1.ckpt")
+    torch.save({"global_step": 4}, tmp_path / "hpc_ckpt_2.ckpt")
+    assert latest_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"

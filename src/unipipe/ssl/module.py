@@ -84,9 +84,9 @@ class DINOv2Module(L.LightningModule):
         self.dino_center = SoftmaxCenter(heads.n_prototypes, momentum=config.loss.center_momentum)
         self.ibot_center = SoftmaxCenter(ibot_k, momentum=config.loss.center_momentum)
         self.last_metrics: dict[str, float] = {}
-        if config.trainer.compile:
-            for part in (self.student["backbone"], self.teacher["backbone"]):
-                part.vit.blocks = torch.compile(part.vit.blocks)
+        if config.trainer.compile:  # in place: parameter names (and checkpoints) unchanged
+            self.student["backbone"].compile()
+            self.teacher["backbone"].compile()
 
     def train(self, mode: bool = True) -> DINOv2Module:
         """Switch the student's mode; the teacher always stays in eval mode (no drop path)."""

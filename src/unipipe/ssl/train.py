@@ -24,7 +24,15 @@ from unipipe.ssl.module import DINOv2Module
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STRATEGIES", "MetricsCSV", "build_trainer", "export_teacher", "phases", "run_pretrain"]
+__all__ = [
+    "STRATEGIES",
+    "MetricsCSV",
+    "build_trainer",
+    "export_teacher",
+    "latest_checkpoint",
+    "phases",
+    "run_pretrain",
+]
 
 METRIC_COLUMNS = (
     "step",
@@ -162,6 +170,19 @@ def _checkpoint_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
 
 
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest of checkpoints/last.ckpt and Lightning's SLURM requeue checkpoints.
+
+    On SLURM's pre-emption signal Lightning saves ``hpc_ckpt_<n>.ckpt`` in ``out_dir`` and
+    requeues the job; the requeued run continues from whichever checkpoint is furthest on.
+    """
+    candidates = [out_dir / "checkpoints" / LAST_CKPT, *sorted(out_dir.glob("hpc_ckpt_*.ckpt"))]
+    existing = [p for p in candidates if p.exists()]
+    if not existing:
+        return None
+    return max(existing, key=_checkpoint_step)
+
+
 def export_teacher(
     checkpoint: Path,
     config: PretrainConfig,
@@ -223,7 +244,8 @@ def run_pretrain(
     L.seed_everything(seed, workers=True, verbose=False)
     logger.info("pretraining with %s", config.to_dict())
 
-    resumed = _checkpoint_step(last) if last.exists() else 0
+    start = latest_checkpoint(out_dir)
+    resumed = _checkpoint_step(start) if start else 0
     done, module, trainer, img_size = resumed, None, None, config.crops.global_size
     for end, global_size, local_size in phases(config):
         img_size = global_size
@@ -242,9 +264,9 @@ def run_pretrain(
             local_size=local_size,
         )
         logger.info("phase to step %s at %s/%s px from step %s", end, global_size, local_size, done)
-        trainer.fit(module, datamodule=data, ckpt_path=last if last.exists() else None)
+        trainer.fit(module, datamodule=data, ckpt_path=start)
         trainer.save_checkpoint(last)
-        done = end
+        done, start = end, last
 
     if trainer is not None and not trainer.is_global_zero:
         return
