@@ -28,7 +28,11 @@ def test_read_region_svs_level0_is_pixel_exact(x, y):
 
 
 def test_read_region_ome_tiff_at_half_mpp_has_size_and_content():
-    """256 px at 0.5 mpp on the 0.2271-mpp OME-TIFF cover ~564 level-0 px, area-resized."""
+    """256 px at 0.5 mpp on the 0.2271-mpp OME-TIFF cover ~564 level-0 px, area-resized.
+
+    The fast two-stage resize (integer box average, then a bilinear warp) stays within
+    ~2 grey levels of OpenCV's fractional INTER_AREA; a 1-px shift would cost ~8.
+    """
     full = tifffile.imread(OME)
     with open_slide(OME) as slide:
         patch = slide.read_region(200, 300, 256, 0.5)
@@ -37,10 +41,9 @@ def test_read_region_ome_tiff_at_half_mpp_has_size_and_content():
     assert patch.dtype == np.uint8
     assert wide.shape == (200, 300, 3)
     side0 = round(256 * 0.5 / 0.2270972430394695)
-    expected = cv2.resize(
-        full[300 : 300 + side0, 200 : 200 + side0], (256, 256), interpolation=cv2.INTER_AREA
-    )
-    assert np.abs(patch.astype(int) - expected).mean() < 1.0
+    box = full[300 : 300 + side0, 200 : 200 + side0].astype(np.float32)
+    expected = cv2.resize(box, (256, 256), interpolation=cv2.INTER_AREA)
+    assert np.abs(patch - expected).mean() < 3.0
 
 
 @pytest.mark.parametrize(
@@ -100,7 +103,11 @@ def test_read_thumbnail_blocks_bound_memory(monkeypatch):
     assert len(sizes) > 4
     assert max(max(s) for s in sizes) <= 512 + 8
     assert blocked.shape == whole.shape
-    assert np.abs(blocked.astype(int) - whole).mean() < 1.0
+    # Blocks start at other phases of the box average: texture-level noise, but no seams.
+    difference = np.abs(blocked.astype(np.float32) - whole).mean(axis=2)
+    assert difference.mean() < 4.0
+    seams = difference[:, 63::64].mean()
+    assert seams < 2 * difference.mean()
 
 
 def test_small_dicom_frames_join_without_seams():

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from unipipe.curate.tissue_morph import odd_kernel_px, remove_small_objects, um2_to_px
+from unipipe.curate.tissue_views import ImageViews, as_views
 from unipipe.errors import ConfigError
 
 __all__ = ["FoldParams", "detect_fold"]
@@ -37,10 +38,10 @@ class FoldParams:
 
 
 def detect_fold(
-    rgb: np.ndarray, tissue: np.ndarray, *, mpp: float, params: FoldParams
+    image: np.ndarray | ImageViews, tissue: np.ndarray, *, mpp: float, params: FoldParams
 ) -> np.ndarray:
-    """Folds and dark debris inside ``tissue``: (h, w) bool on the grid of ``rgb`` at ``mpp``."""
-    value = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 2]
+    """Folds and dark debris inside ``tissue``: (h, w) bool on the grid of ``image`` at ``mpp``."""
+    value = np.ascontiguousarray(as_views(image).hsv[..., 2])
     size = odd_kernel_px(params.smooth_um, mpp, minimum=1)
     smooth = cv2.blur(value, (size, size)) if size > 1 else value
     dark = (smooth <= params.max_value) & tissue

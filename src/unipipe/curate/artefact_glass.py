@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from unipipe.curate.tissue_morph import remove_small_objects, um2_to_px
+from unipipe.curate.tissue_views import ImageViews, as_views
 from unipipe.errors import ConfigError
 
 __all__ = ["GlassParams", "detect_glass"]
@@ -37,10 +38,10 @@ class GlassParams:
 
 
 def detect_glass(
-    rgb: np.ndarray, tissue: np.ndarray, *, mpp: float, params: GlassParams
+    image: np.ndarray | ImageViews, tissue: np.ndarray, *, mpp: float, params: GlassParams
 ) -> np.ndarray:
-    """Bright unstained regions inside ``tissue``: (h, w) bool on the grid of ``rgb``."""
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    """Bright unstained regions inside ``tissue``: (h, w) bool on the grid of ``image``."""
+    hsv = as_views(image).hsv
     bright = cv2.inRange(hsv, (0, 0, params.min_value), (179, params.max_saturation, 255))
     bright = cv2.morphologyEx(bright, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     return remove_small_objects(bright & tissue, um2_to_px(params.min_area_um2, mpp))

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from unipipe.curate.tissue_morph import remove_small_objects, um2_to_px, within
+from unipipe.curate.tissue_morph import remove_small_objects, square, um2_to_px
+from unipipe.curate.tissue_views import ImageViews, as_views
 from unipipe.errors import ConfigError
 
 __all__ = ["PEN_COLOURS", "PenParams", "detect_pen", "pen_colour_masks"]
@@ -38,6 +39,9 @@ class PenParams:
         grow_um: ink then grows up to this far (µm) into pixels that pass relaxed rules
             (hue range widened by ``weak_hue_margin``, saturation limits times
             ``weak_saturation_factor``, black limit plus 30): the pale fringe of a stroke.
+        work_mpp: images finer than this are area-downsized by a whole factor to about
+            this µm/px before the colour rules run (ink strokes are hundreds of µm wide),
+            and the masks are scaled back; 0 keeps the input grid.
     """
 
     colours: tuple[str, ...] = ("green", "blue", "red", "black")
@@ -52,6 +56,7 @@ class PenParams:
     grow_um: float = 60.0
     weak_hue_margin: int = 4
     weak_saturation_factor: float = 0.8
+    work_mpp: float = 8.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "colours", tuple(self.colours))
@@ -76,7 +81,7 @@ class PenParams:
         ):
             if not 0 <= getattr(self, name) <= 255:
                 raise ConfigError(f"curate.artefacts.pen.{name} must be in 0..255")
-        for name in ("min_area_um2", "grow_um", "weak_hue_margin"):
+        for name in ("min_area_um2", "grow_um", "weak_hue_margin", "work_mpp"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"curate.artefacts.pen.{name} must be >= 0")
         if not 0 < self.weak_saturation_factor <= 1:
@@ -139,43 +144,80 @@ PEN_COLOURS: dict[str, Callable[[np.ndarray, PenParams, bool], np.ndarray]] = {
 }
 
 
-def pen_colour_masks(rgb: np.ndarray, *, mpp: float, params: PenParams) -> dict[str, np.ndarray]:
+def pen_colour_masks(
+    image: np.ndarray | ImageViews, *, mpp: float, params: PenParams
+) -> dict[str, np.ndarray]:
     """Ink of each enabled colour, as bool masks on the image grid.
 
     Strong pixels of every colour are pooled and opened (3 x 3); pieces of the pool
     smaller than ``min_area_um2`` are dropped; each colour then grows up to ``grow_um``
-    into pixels that pass its relaxed rule.
+    (Chebyshev distance: a square dilation, fast) into pixels that pass its relaxed rule.
 
     Args:
-        rgb: (h, w, 3) uint8 RGB image (a thumbnail or a patch).
+        image: (h, w, 3) uint8 RGB image (a thumbnail or a patch), or its `ImageViews`.
         mpp: µm per pixel of ``rgb``; sizes the area filter and the growth.
         params: the colour rules.
     """
     if not params.colours:
         return {}
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    views = as_views(image)
+    small, factor = _work_image(views, mpp, params)
+    if factor > 1:
+        masks = pen_colour_masks(small, mpp=mpp * factor, params=params)
+        return {c: _upscale(m, views.shape, factor) for c, m in masks.items()}
+    hsv = views.hsv
     strong = {colour: PEN_COLOURS[colour](hsv, params, False) for colour in params.colours}
     pooled = functools.reduce(cv2.bitwise_or, strong.values())
     pooled = cv2.morphologyEx(pooled, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     pooled = remove_small_objects(pooled, um2_to_px(params.min_area_um2, mpp))
-    if not pooled.any():
-        return {colour: pooled.copy() for colour in strong}
+    masks = {colour: (pixels > 0) & pooled for colour, pixels in strong.items()}
+    if params.grow_um / mpp < 1 or not pooled.any():
+        return masks
 
-    grow_px = params.grow_um / mpp
-    near = within(pooled, grow_px) if grow_px >= 1 else pooled
-    masks = {}
-    for colour, pixels in strong.items():
-        ink = (pixels > 0) & pooled
-        if grow_px >= 1 and ink.any():
-            # Hysteresis: grow only into pixels that still look like this ink.
-            ink |= near & (PEN_COLOURS[colour](hsv, params, True) > 0)
-        masks[colour] = ink
+    # Hysteresis: grow each colour only into nearby pixels that still look like it. The
+    # relaxed rules are evaluated on the bounding box of the neighbourhood only.
+    near = cv2.dilate(pooled.astype(np.uint8), square(2 * params.grow_um, mpp))
+    x, y, w, h = cv2.boundingRect(near)
+    box = (slice(y, y + h), slice(x, x + w))
+    near_box = near[box] > 0
+    for colour, ink in masks.items():
+        if ink.any():
+            ink[box] |= near_box & (PEN_COLOURS[colour](hsv[box], params, True) > 0)
     return masks
 
 
-def detect_pen(rgb: np.ndarray, *, mpp: float, params: PenParams) -> np.ndarray:
-    """Union of all enabled ink colours: (h, w) bool mask on the grid of ``rgb`` at ``mpp``."""
-    masks = pen_colour_masks(rgb, mpp=mpp, params=params)
+def _work_image(views: ImageViews, mpp: float, params: PenParams) -> tuple[ImageViews, int]:
+    """The image area-downsized by the whole factor that brings it near ``work_mpp``."""
+    factor = int(params.work_mpp // mpp) if params.work_mpp > 0 else 1
+    h, w = views.shape
+    if factor < 2 or h < factor or w < factor:
+        return views, 1
+    # Crop to whole multiples so OpenCV takes its fast integer INTER_AREA path.
+    crop = views.rgb[: h - h % factor, : w - w % factor]
+    small = cv2.resize(crop, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+    return ImageViews(small), factor
+
+
+def _upscale(mask: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndarray:
+    """Repeat each pixel of a work-grid mask ``factor`` times; pad the cropped edge."""
+    h, w = shape
+    small = mask.astype(np.uint8)
+    big = cv2.resize(
+        small, (small.shape[1] * factor, small.shape[0] * factor), interpolation=cv2.INTER_NEAREST
+    )
+    bottom, right = h - big.shape[0], w - big.shape[1]
+    if bottom or right:
+        big = cv2.copyMakeBorder(big, 0, bottom, 0, right, cv2.BORDER_REPLICATE)
+    return big > 0
+
+
+def detect_pen(image: np.ndarray | ImageViews, *, mpp: float, params: PenParams) -> np.ndarray:
+    """Union of all enabled ink colours: (h, w) bool mask on the grid of ``image`` at ``mpp``."""
+    views = as_views(image)
+    small, factor = _work_image(views, mpp, params)
+    masks = pen_colour_masks(small, mpp=mpp * factor, params=params)
     if not masks:
-        return np.zeros(rgb.shape[:2], bool)
+        return np.zeros(views.shape, bool)
+    if factor > 1:
+        return _upscale(np.logical_or.reduce(list(masks.values())), views.shape, factor)
     return np.logical_or.reduce(list(masks.values()))

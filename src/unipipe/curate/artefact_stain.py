@@ -7,6 +7,7 @@ import dataclasses
 import cv2
 import numpy as np
 
+from unipipe.curate.tissue_views import ImageViews, as_views
 from unipipe.errors import ConfigError
 
 __all__ = [
@@ -56,23 +57,29 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
 
 
 def block_optical_density(
-    rgb: np.ndarray, tissue: np.ndarray, *, mpp: float, params: StainParams
+    image: np.ndarray | ImageViews, tissue: np.ndarray, *, mpp: float, params: StainParams
 ) -> tuple[np.ndarray, int]:
     """OD of the mean tissue colour of each block (NaN where too little tissue).
+
+    Block sums come from OpenCV's integer-factor area averaging on 8-bit images (fast;
+    the means are rounded to whole grey levels, well below the thresholds' precision).
 
     Returns:
         (rows, cols) float32 block ODs and the block side in pixels.
     """
+    rgb = as_views(image).rgb
     h, w = tissue.shape
     block = max(1, round(params.block_um / mpp))
-    grid = (max(1, -(-w // block)), max(1, -(-h // block)))
-    weight = np.zeros((grid[1] * block, grid[0] * block), np.float32)
-    weight[:h, :w] = tissue
-    colour = np.zeros((*weight.shape, 3), np.float32)
-    colour[:h, :w] = cv2.bitwise_and(rgb, rgb, mask=tissue.astype(np.uint8))
-    # Area averaging over exact block multiples gives per-block sums / block area.
-    mean_weight = cv2.resize(weight, grid, interpolation=cv2.INTER_AREA)
-    mean_colour = cv2.resize(colour, grid, interpolation=cv2.INTER_AREA)
+    rows, cols = -(-h // block), -(-w // block)
+    pad = (0, rows * block - h, 0, cols * block - w)
+    weight = cv2.copyMakeBorder(tissue.astype(np.uint8) * 255, *pad, cv2.BORDER_CONSTANT, value=0)
+    colour = cv2.copyMakeBorder(
+        cv2.bitwise_and(rgb, rgb, mask=weight[:h, :w]), *pad, cv2.BORDER_CONSTANT, value=0
+    )
+    mean_weight = cv2.resize(weight, (cols, rows), interpolation=cv2.INTER_AREA)
+    mean_colour = cv2.resize(colour, (cols, rows), interpolation=cv2.INTER_AREA)
+    mean_weight = mean_weight.reshape(rows, cols).astype(np.float32) / 255.0
+    mean_colour = mean_colour.reshape(rows, cols, 3).astype(np.float32)
     judged = mean_weight >= params.min_block_tissue
     block_colour = mean_colour / np.maximum(mean_weight, 1e-6)[..., None]
     return np.where(judged, optical_density(block_colour), np.nan).astype(np.float32), block
@@ -85,16 +92,16 @@ def _flag_blocks(flags: np.ndarray, block: int, tissue: np.ndarray) -> np.ndarra
 
 
 def detect_overstain(
-    rgb: np.ndarray, tissue: np.ndarray, *, mpp: float, params: StainParams
+    image: np.ndarray | ImageViews, tissue: np.ndarray, *, mpp: float, params: StainParams
 ) -> np.ndarray:
     """Tissue in blocks whose OD exceeds ``max_block_od``: (h, w) bool."""
-    block_od, block = block_optical_density(rgb, tissue, mpp=mpp, params=params)
+    block_od, block = block_optical_density(image, tissue, mpp=mpp, params=params)
     return _flag_blocks(np.nan_to_num(block_od, nan=0.0) > params.max_block_od, block, tissue)
 
 
 def detect_understain(
-    rgb: np.ndarray, tissue: np.ndarray, *, mpp: float, params: StainParams
+    image: np.ndarray | ImageViews, tissue: np.ndarray, *, mpp: float, params: StainParams
 ) -> np.ndarray:
     """Tissue in blocks whose OD is below ``min_block_od``: (h, w) bool."""
-    block_od, block = block_optical_density(rgb, tissue, mpp=mpp, params=params)
+    block_od, block = block_optical_density(image, tissue, mpp=mpp, params=params)
     return _flag_blocks(np.nan_to_num(block_od, nan=np.inf) < params.min_block_od, block, tissue)

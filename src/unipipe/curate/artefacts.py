@@ -29,6 +29,7 @@ from unipipe.curate.tissue_io import (
     write_jpeg,
     write_png,
 )
+from unipipe.curate.tissue_views import ImageViews
 from unipipe.errors import ConfigError, SlideError
 from unipipe.provenance import write_json, write_sidecar
 from unipipe.slide import open_slide
@@ -56,7 +57,8 @@ class Detector:
     Attributes:
         code: its value in the class mask (>= 2).
         params_field: the `ArtefactParams` field holding its thresholds.
-        detect: (rgb, tissue, *, mpp, params) -> (h, w) bool mask inside tissue.
+        detect: (image, tissue, *, mpp, params) -> (h, w) bool mask inside tissue, where
+            image is an (h, w, 3) uint8 RGB array or its `ImageViews`.
     """
 
     code: int
@@ -65,9 +67,9 @@ class Detector:
 
 
 def _detect_pen_in_tissue(
-    rgb: np.ndarray, tissue: np.ndarray, *, mpp: float, params: PenParams
+    image: np.ndarray | ImageViews, tissue: np.ndarray, *, mpp: float, params: PenParams
 ) -> np.ndarray:
-    return detect_pen(rgb, mpp=mpp, params=params) & tissue
+    return detect_pen(image, mpp=mpp, params=params) & tissue
 
 
 # Detectors in priority order: a pixel flagged by several takes the first one's class.
@@ -168,12 +170,13 @@ def classify(
     Returns:
         (h, w) uint8: 0 outside tissue, 1 clean tissue, detector codes elsewhere.
     """
+    views = ImageViews(rgb)  # HSV and grey computed once for all detectors
     classes = tissue.astype(np.uint8)  # 0 background, 1 tissue
     free = tissue.copy()  # tissue no higher-priority detector claimed
     for name in params.detectors:
         detector = DETECTORS[name]
         group = getattr(params, detector.params_field)
-        hit = detector.detect(rgb, free, mpp=mpp, params=group) & free
+        hit = detector.detect(views, free, mpp=mpp, params=group) & free
         classes[hit] = detector.code
         free &= ~hit
     return classes

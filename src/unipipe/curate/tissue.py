@@ -14,6 +14,7 @@ from unipipe.curate.artefact_pen import PenParams, detect_pen
 from unipipe.curate.tissue_geojson import pieces_to_polygons, polygons_to_geojson, write_geojson
 from unipipe.curate.tissue_io import PREVIEW_MAX_PX, fit_preview, write_jpeg, write_png
 from unipipe.curate.tissue_morph import filter_components, odd_kernel_px, square, um2_to_px
+from unipipe.curate.tissue_views import ImageViews
 from unipipe.errors import ConfigError
 from unipipe.provenance import write_sidecar
 from unipipe.slide import open_slide
@@ -22,7 +23,6 @@ __all__ = [
     "TissueParams",
     "TissueResult",
     "draw_outline",
-    "keep_pieces_with_evidence",
     "texture",
     "run_segment_tissue",
     "segment_tissue",
@@ -127,7 +127,8 @@ def segment_tissue(rgb: np.ndarray, *, mpp: float, params: TissueParams) -> Tiss
     evidence of tissue (textured, saturated, not ink) dropped; small pieces removed,
     small holes filled, outlines traced.
     """
-    saturation = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
+    views = ImageViews(rgb)
+    saturation = np.ascontiguousarray(views.hsv[..., 1])
     saturation = cv2.medianBlur(saturation, odd_kernel_px(params.median_um, mpp, minimum=3))
     threshold = _threshold(saturation, params)
     saturated = cv2.threshold(saturation, threshold, 255, cv2.THRESH_BINARY)[1]
@@ -136,17 +137,18 @@ def segment_tissue(rgb: np.ndarray, *, mpp: float, params: TissueParams) -> Tiss
     evidence = (
         cv2.bitwise_and(
             saturated,
-            cv2.threshold(texture(rgb), params.min_texture - 1, 255, cv2.THRESH_BINARY)[1],
+            cv2.threshold(texture(views.grey), params.min_texture - 1, 255, cv2.THRESH_BINARY)[1],
         )
         > 0
     )
     if params.exclude_pen:
-        evidence &= ~detect_pen(rgb, mpp=mpp, params=PenParams())
-    tissue = keep_pieces_with_evidence(tissue, evidence, min_fraction=params.min_evidence_fraction)
+        evidence &= ~detect_pen(views, mpp=mpp, params=PenParams())
     tissue, pieces = filter_components(
         tissue,
         min_area_px=um2_to_px(params.min_tissue_area_um2, mpp),
         min_hole_px=um2_to_px(params.min_hole_area_um2, mpp),
+        evidence=evidence,
+        min_evidence_fraction=params.min_evidence_fraction,
     )
 
     mask = tissue.astype(np.uint8) * 255
@@ -161,26 +163,9 @@ def _threshold(saturation: np.ndarray, params: TissueParams) -> int:
     return int(np.clip(otsu, params.saturation_threshold, params.otsu_max_threshold))
 
 
-def texture(rgb: np.ndarray) -> np.ndarray:
+def texture(grey: np.ndarray) -> np.ndarray:
     """Grey-level range (max - min) over the 3 x 3 neighbourhood of each pixel, uint8."""
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     return cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
-
-
-def keep_pieces_with_evidence(
-    tissue: np.ndarray, evidence: np.ndarray, *, min_fraction: float
-) -> np.ndarray:
-    """Keep the 8-connected pieces of ``tissue`` of which at least ``min_fraction`` is evidence."""
-    if min_fraction <= 0 or not tissue.any():
-        return tissue
-    n, labels = cv2.connectedComponents(tissue.astype(np.uint8), connectivity=8)
-    area = np.bincount(labels.ravel(), minlength=n)
-    support = np.bincount(labels[evidence & tissue], minlength=n)
-    keep = support >= min_fraction * area
-    keep[0] = False
-    if keep[1:].all():
-        return tissue
-    return keep[labels]
 
 
 def draw_outline(

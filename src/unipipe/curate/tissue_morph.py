@@ -46,7 +46,12 @@ def square(side_um: float, mpp: float) -> np.ndarray:
 
 
 def filter_components(
-    mask: np.ndarray, *, min_area_px: float, min_hole_px: float
+    mask: np.ndarray,
+    *,
+    min_area_px: float,
+    min_hole_px: float,
+    evidence: np.ndarray | None = None,
+    min_evidence_fraction: float = 0.0,
 ) -> tuple[np.ndarray, list[list[np.ndarray]]]:
     """Drop pieces smaller than ``min_area_px`` and fill holes smaller than ``min_hole_px``.
 
@@ -54,16 +59,25 @@ def filter_components(
     times faster, and redrawing the kept outlines with their holes reproduces the kept
     pixels exactly. Areas are polygon areas of the outlines (holes subtracted).
 
+    Args:
+        mask: bool mask.
+        min_area_px: smallest piece kept, in pixels.
+        min_hole_px: smallest hole kept open, in pixels.
+        evidence: optional bool mask; a piece is then kept only if at least
+            ``min_evidence_fraction`` of its pixels are evidence.
+        min_evidence_fraction: see ``evidence``.
+
     Returns:
         The filtered bool mask and, per kept piece, its contours [outer, kept holes...]
         as OpenCV int32 (n, 1, 2) arrays in pixel (x, y).
     """
-    contours, hierarchy = cv2.findContours(
-        mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
-    )
+    mask_u8 = mask.astype(np.uint8)
+    contours, hierarchy = cv2.findContours(mask_u8, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return np.zeros(mask.shape, bool), []
     links = hierarchy[0]  # rows: next, previous, first child, parent
+    check = evidence is not None and min_evidence_fraction > 0
+    evidence_u8 = evidence.astype(np.uint8) if check else None
     pieces = []
     for i in np.flatnonzero(links[:, 3] == -1):
         holes = []
@@ -74,9 +88,23 @@ def filter_components(
         hole_areas = [cv2.contourArea(h) for h in holes]
         if cv2.contourArea(contours[i]) - sum(hole_areas) < min_area_px:
             continue
+        if check and not _has_evidence(contours[i], mask_u8, evidence_u8, min_evidence_fraction):
+            continue
         kept_holes = [h for h, a in zip(holes, hole_areas, strict=True) if a >= min_hole_px]
         pieces.append([contours[i], *kept_holes])
     return _draw_pieces(mask.shape, pieces), pieces
+
+
+def _has_evidence(
+    outer: np.ndarray, mask: np.ndarray, evidence: np.ndarray, min_fraction: float
+) -> bool:
+    """Whether evidence covers ``min_fraction`` of the mask pixels inside ``outer``."""
+    x, y, w, h = cv2.boundingRect(outer)
+    inside = np.zeros((h, w), np.uint8)
+    cv2.drawContours(inside, [outer - np.array([x, y], np.int32)], -1, 1, cv2.FILLED)
+    area = cv2.countNonZero(cv2.bitwise_and(inside, mask[y : y + h, x : x + w]))
+    support = cv2.countNonZero(cv2.bitwise_and(inside, evidence[y : y + h, x : x + w]))
+    return support >= min_fraction * area
 
 
 def _draw_pieces(shape: tuple[int, ...], pieces: list[list[np.ndarray]]) -> np.ndarray:

