@@ -54,6 +54,18 @@ def test_run_evaluate_slides_learns_and_writes(demo_h5: Path, tmp_path: Path) ->
     assert pq.read_table(tmp_path / "p.pq").num_rows == 12
 
 
+def test_run_evaluate_slides_mi_simpleshot(demo_h5: Path, tmp_path: Path) -> None:
+    """MI-SimpleShot (top-5 patches per prototype) on the same pseudo-slides beats chance."""
+    manifest = _write_slides(demo_h5, tmp_path)
+    run_evaluate_slides(manifest, task=TASK, params={"bootstrap": {"n_resamples": 50}}, seed=0,
+                        metrics_json=tmp_path / "m.json", predictions_parquet=tmp_path / "p.pq",
+                        sidecar=tmp_path / "s.json", protocol="mi_simpleshot")  # fmt: skip
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["protocol"] == "mi_simpleshot"
+    assert m["extra"]["top_k"] == 5
+    assert m["auroc"] > 0.6
+
+
 def test_read_slide_manifest_requires_columns(tmp_path: Path) -> None:
     """A manifest without features_h5 raises ConfigError listing the needed columns."""
     (tmp_path / "slides.csv").write_text("slide_id,label,split\na,LUAD,train\n")

@@ -19,12 +19,19 @@ from unipipe.errors import ConfigError
 from unipipe.evaluate.abmil import AbmilParams, fit_abmil, predict_abmil
 from unipipe.evaluate.features import read_bag
 from unipipe.evaluate.metrics import compute_metrics
+from unipipe.evaluate.prototypes import MiSimpleShotParams, fit_prototypes, predict_prototypes
 from unipipe.evaluate.run import DEFAULT_METRICS, BootstrapParams, _finite_or_none
 from unipipe.provenance import atomic_path, write_json, write_sidecar
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MANIFEST_NAME", "SlideSplitParams", "read_slide_manifest", "run_evaluate_slides"]
+__all__ = [
+    "MANIFEST_NAME",
+    "SLIDE_PROTOCOLS",
+    "SlideSplitParams",
+    "read_slide_manifest",
+    "run_evaluate_slides",
+]
 
 # The slide_bags adapter reads {task path}/slides.csv.
 MANIFEST_NAME = "slides.csv"
@@ -71,6 +78,44 @@ def _hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return val
 
 
+@dataclass(frozen=True, kw_only=True)
+class _SlideData:
+    """Bags and labels of the train / val / test slides of one task."""
+
+    train: list[np.ndarray]
+    y_train: np.ndarray
+    val: list[np.ndarray]
+    y_val: np.ndarray
+    test: list[np.ndarray]
+    n_classes: int
+
+
+def _abmil(data: _SlideData, params: Mapping[str, Any], seed: int) -> tuple[np.ndarray, dict]:
+    """ABMIL with early stopping on the validation slides."""
+    p = build_params(AbmilParams, params.get("abmil"), "evaluate.abmil")
+    model, history = fit_abmil(data.train, data.y_train, data.val, data.y_val,
+                               n_classes=data.n_classes, params=p, seed=seed)  # fmt: skip
+    probs, _ = predict_abmil(model, data.test)
+    extra = {"best_epoch": history.best_epoch, "epochs_run": len(history.val_loss)}
+    return probs, {"params": p, "extra": extra}
+
+
+def _mi_simpleshot(
+    data: _SlideData, params: Mapping[str, Any], seed: int
+) -> tuple[np.ndarray, dict]:
+    """Prototypes from train + val slides (no early stopping to use them for)."""
+    del seed
+    p = build_params(MiSimpleShotParams, params.get("mi_simpleshot"), "evaluate.mi_simpleshot")
+    model = fit_prototypes([*data.train, *data.val], np.concatenate([data.y_train, data.y_val]),
+                           n_classes=data.n_classes)  # fmt: skip
+    probs, _ = predict_prototypes(model, data.test, p)
+    return probs, {"params": p, "extra": {"top_k": p.top_k}}
+
+
+# Slide protocol name (tasks.yaml) -> fit-and-predict function giving (S_test, K) probs.
+SLIDE_PROTOCOLS = {"abmil": _abmil, "mi_simpleshot": _mi_simpleshot}
+
+
 def run_evaluate_slides(
     manifest_csv: str | os.PathLike[str],
     *,
@@ -81,6 +126,7 @@ def run_evaluate_slides(
     predictions_parquet: str | os.PathLike[str],
     sidecar: str | os.PathLike[str],
     encoder_name: str = "",
+    protocol: str = "abmil",
 ) -> None:
     """Train ABMIL on the train slides (early stopping on val), score the test slides.
 
@@ -93,9 +139,11 @@ def run_evaluate_slides(
         predictions_parquet: slide_id, label, pred and prob_<class> per test slide.
         sidecar: provenance JSON.
         encoder_name: the encoder that produced the bags (recorded in metrics.json).
+        protocol: a key of ``SLIDE_PROTOCOLS`` (``abmil`` or ``mi_simpleshot``).
     """
     params = dict(params or {})
-    abmil = build_params(AbmilParams, params.get("abmil"), "evaluate.abmil")
+    if protocol not in SLIDE_PROTOCOLS:
+        raise ConfigError(f"slide protocol {protocol!r}; known: {sorted(SLIDE_PROTOCOLS)}")
     split_params = build_params(SlideSplitParams, params.get("slides"), "evaluate.slides")
     boot = build_params(BootstrapParams, params.get("bootstrap"), "evaluate.bootstrap")
     table = read_slide_manifest(manifest_csv)
@@ -114,12 +162,12 @@ def run_evaluate_slides(
         is_val, is_train = moved, is_train & ~moved
     bags = [read_bag(p).features for p in table["features_h5"]]
     pick = lambda mask: [bags[i] for i in np.flatnonzero(mask)]  # noqa: E731
-    logger.info("ABMIL %s: %s train, %s val, %s test slides", task.get("id"), is_train.sum(),
+    logger.info("%s %s: %s train, %s val, %s test slides", protocol, task.get("id"), is_train.sum(),
                 is_val.sum(), is_test.sum())  # fmt: skip
 
-    model, history = fit_abmil(pick(is_train), labels[is_train], pick(is_val), labels[is_val],
-                               n_classes=len(classes), params=abmil, seed=seed)  # fmt: skip
-    probs, _ = predict_abmil(model, pick(is_test))
+    data = _SlideData(train=pick(is_train), y_train=labels[is_train], val=pick(is_val),
+                      y_val=labels[is_val], test=pick(is_test), n_classes=len(classes))  # fmt: skip
+    probs, fitted = SLIDE_PROTOCOLS[protocol](data, params, seed)
     pred = probs.argmax(axis=1)
     y_test = labels[is_test]
     names = list(task.get("metrics") or DEFAULT_METRICS)
@@ -127,11 +175,11 @@ def run_evaluate_slides(
                              ci=boot.ci, seed=seed)  # fmt: skip
 
     record: dict[str, Any] = {
-        "task": task.get("id"), "protocol": "abmil", "encoder": encoder_name,
+        "task": task.get("id"), "protocol": protocol, "encoder": encoder_name,
         "n_train": int(is_train.sum()), "n_val": int(is_val.sum()), "n_test": int(is_test.sum()),
         "n_classes": len(classes), "label_names": classes, "seed": seed, "img_size": None,
         "bootstrap": {"n_resamples": boot.n_resamples, "ci": boot.ci},
-        "extra": {"best_epoch": history.best_epoch, "epochs_run": len(history.val_loss)},
+        "extra": fitted["extra"],
     }  # fmt: skip
     for name, s in scores.items():
         record[name] = _finite_or_none(s["value"])
@@ -148,6 +196,6 @@ def run_evaluate_slides(
         columns[f"prob_{name}"] = pa.array(probs[:, c])
     with atomic_path(predictions_parquet) as tmp:
         pq.write_table(pa.table(columns), tmp)
-    write_sidecar(sidecar, stage="evaluate_slides", params={"abmil": abmil, "slides": split_params,
+    write_sidecar(sidecar, stage="evaluate_slides", params={"protocol": protocol, "protocol_params": fitted["params"], "slides": split_params,
                   "bootstrap": boot, "seed": seed, "task": dict(task)},
                   inputs=[manifest_csv, *table["features_h5"]])  # fmt: skip
