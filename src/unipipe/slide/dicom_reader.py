@@ -11,10 +11,10 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import pydicom
-from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 
 from unipipe.slide.base import Slide
+from unipipe.slide.dicom_frames import FrameFile
 from unipipe.slide.messages import ReaderRefusedError, plausible_mpp, resolve_mpp, unsupported
 
 __all__ = ["DicomSlide", "dicom_mpp", "open_with_pydicom"]
@@ -28,11 +28,15 @@ _FRAME_CACHE = 64
 
 
 class DicomSlide(Slide):
-    """A single-level DICOM WSI whose frames are decoded on demand (libjpeg-turbo / numpy)."""
+    """A single-level DICOM WSI whose frames are read and decoded on demand.
+
+    Frames are read from the file one at a time (`FrameFile`) and decoded with
+    libjpeg-turbo, which converts JFIF (YCbCr) streams to RGB; decoded frames are cached.
+    """
 
     reader = "pydicom"
 
-    def __init__(self, ds: pydicom.Dataset, **kwargs) -> None:
+    def __init__(self, ds: pydicom.Dataset, frames: FrameFile, **kwargs) -> None:
         super().__init__(**kwargs)
         self._width = int(ds.TotalPixelMatrixColumns)
         self._height = int(ds.TotalPixelMatrixRows)
@@ -40,7 +44,7 @@ class DicomSlide(Slide):
         self._grid_cols = math.ceil(self._width / self._frame_w)
         self._grid_rows = math.ceil(self._height / self._frame_h)
         self._frame_index = _frame_positions(ds, self._grid_cols, self._grid_rows)
-        self._frames = _frame_bytes(ds)
+        self._frames = frames
         self._compressed = ds.file_meta.TransferSyntaxUID.is_compressed
         self._decode = functools.lru_cache(maxsize=_FRAME_CACHE)(self._decode_frame)
 
@@ -55,7 +59,7 @@ class DicomSlide(Slide):
         return (1.0,)
 
     def _decode_frame(self, index: int) -> np.ndarray:
-        data = self._frames[index]
+        data = self._frames.read(index)
         if self._compressed:
             return imagecodecs.jpeg8_decode(data)[..., :3]
         return np.frombuffer(data, np.uint8).reshape(self._frame_h, self._frame_w, 3)
@@ -79,23 +83,29 @@ class DicomSlide(Slide):
         self._decode.cache_clear()
 
     def close(self) -> None:
-        """Drop the frame cache and the encoded frames."""
+        """Drop the frame cache and close the file."""
         self._decode.cache_clear()
-        self._frames = []
+        self._frames.close()
 
 
 def open_with_pydicom(path: Path, *, slide_id: str, mpp: float | None) -> DicomSlide:
     """Open a single-file DICOM WSI, or raise `ReaderRefusedError` (not DICOM) or
     `UnsupportedSlideError` (DICOM, but not an 8-bit RGB whole-slide image)."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open(path, "rb") as fh:
             warnings.simplefilter("ignore")  # over-long UIDs/names in real files are harmless
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(fh, stop_before_pixels=True)
+            pixel_data_offset = fh.tell()
     except (InvalidDicomError, OSError, ValueError) as err:
         raise ReaderRefusedError(f"pydicom: {err}") from err
     _check_wsi_rgb(ds, slide_id=slide_id, path=path)
     level0_mpp = resolve_mpp(dicom_mpp(ds), mpp, slide_id=slide_id, path=path)
-    return DicomSlide(ds, slide_id=slide_id, path=path, mpp=level0_mpp)
+    try:
+        frames = FrameFile(path, ds, pixel_data_offset)
+    except ValueError as err:
+        why = f"its Pixel Data cannot be split into frames ({err})"
+        raise unsupported(slide_id, path, why) from err
+    return DicomSlide(ds, frames, slide_id=slide_id, path=path, mpp=level0_mpp)
 
 
 def _check_wsi_rgb(ds: pydicom.Dataset, *, slide_id: str, path: Path) -> None:
@@ -126,15 +136,6 @@ def dicom_mpp(ds: pydicom.Dataset) -> float | None:
     if width_mm:
         return plausible_mpp(float(width_mm) * 1000.0 / int(ds.TotalPixelMatrixColumns))
     return None
-
-
-def _frame_bytes(ds: pydicom.Dataset) -> list[bytes]:
-    """Each frame's encoded bytes (JPEG stream, or raw pixels when uncompressed)."""
-    n_frames = int(ds.get("NumberOfFrames", 1))
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        return list(generate_frames(ds.PixelData, number_of_frames=n_frames))
-    size = int(ds.Rows) * int(ds.Columns) * 3
-    return [ds.PixelData[i * size : (i + 1) * size] for i in range(n_frames)]
 
 
 def _frame_positions(ds: pydicom.Dataset, grid_cols: int, grid_rows: int) -> np.ndarray:
