@@ -44,6 +44,7 @@ __all__ = [
     "classify",
     "is_blurred",
     "overlay",
+    "qc_summary",
     "run_detect_artefacts",
 ]
 

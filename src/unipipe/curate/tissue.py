@@ -45,7 +45,7 @@ class TissueParams:
         saturation_threshold: HSV saturation (0-255) above which a pixel is tissue.
         otsu_max_threshold: upper clip of the Otsu threshold.
         median_um: median-blur window on the saturation channel (µm).
-        closing_um: diameter of the disk used to close gaps (µm).
+        closing_um: side of the square used to close gaps (µm).
         min_tissue_area_um2: tissue pieces smaller than this are removed (µm²).
         min_hole_area_um2: holes smaller than this are filled (µm²); larger ones stay holes.
         exclude_pen: ink (default `PenParams` colour rules) is no evidence of tissue, so
@@ -134,13 +134,9 @@ def segment_tissue(rgb: np.ndarray, *, mpp: float, params: TissueParams) -> Tiss
     saturated = cv2.threshold(saturation, threshold, 255, cv2.THRESH_BINARY)[1]
     tissue = cv2.morphologyEx(saturated, cv2.MORPH_CLOSE, square(params.closing_um, mpp)) > 0
 
-    evidence = (
-        cv2.bitwise_and(
-            saturated,
-            cv2.threshold(texture(views.grey), params.min_texture - 1, 255, cv2.THRESH_BINARY)[1],
-        )
-        > 0
-    )
+    # Evidence of tissue: saturated and textured (and, below, not ink).
+    textured = texture(views.grey) >= params.min_texture
+    evidence = (saturated > 0) & textured
     if params.exclude_pen:
         evidence &= ~detect_pen(views, mpp=mpp, params=PenParams())
     tissue, pieces = filter_components(

@@ -11,7 +11,7 @@ import numpy as np
 
 from unipipe.provenance import write_json
 
-__all__ = ["mask_polygons", "pieces_to_polygons", "polygons_to_geojson", "write_geojson"]
+__all__ = ["pieces_to_polygons", "polygons_to_geojson", "write_geojson"]
 
 # QuPath's default colour for the "Tissue" class is not fixed; this green matches the preview.
 _TISSUE_RGB = [0, 170, 0]
@@ -37,25 +37,6 @@ def pieces_to_polygons(
     return polygons
 
 
-def mask_polygons(mask: np.ndarray, *, simplify_px: float) -> list[list[np.ndarray]]:
-    """Outlines of a 0/255 mask as polygons [outer, holes...] (see `pieces_to_polygons`)."""
-    contours, hierarchy = cv2.findContours(
-        (mask > 0).astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
-    )
-    if hierarchy is None:
-        return []
-    links = hierarchy[0]  # rows: next, previous, first child, parent
-    pieces = []
-    for i in np.flatnonzero(links[:, 3] == -1):
-        rings = [contours[i]]
-        child = links[i][2]
-        while child != -1:
-            rings.append(contours[child])
-            child = links[child][0]
-        pieces.append(rings)
-    return pieces_to_polygons(pieces, simplify_px=simplify_px)
-
-
 def _area(ring: np.ndarray) -> float:
     return abs(float(cv2.contourArea(ring.astype(np.float32))))
 
@@ -78,7 +59,7 @@ def polygons_to_geojson(
     """A GeoJSON FeatureCollection of QuPath annotations, one Polygon feature per polygon.
 
     Args:
-        polygons: rings in mask pixels, as from `mask_polygons`.
+        polygons: rings in mask pixels, as from `pieces_to_polygons`.
         slide_id: used to derive stable feature ids (UUIDv5), so reruns give equal files.
         level0_per_px: level-0 pixels per mask pixel (thumb_mpp / slide mpp).
         dimensions: level-0 (w, h); coordinates are clipped to it.

@@ -6,14 +6,12 @@ import cv2
 import numpy as np
 
 __all__ = [
-    "disk",
     "filter_components",
     "odd_kernel_px",
     "remove_small_objects",
     "square",
     "um2_to_px",
     "um_to_px",
-    "within",
 ]
 
 
@@ -31,12 +29,6 @@ def odd_kernel_px(length_um: float, mpp: float, *, minimum: int = 1) -> int:
     """The odd kernel size in pixels closest to ``length_um`` at ``mpp`` (at least ``minimum``)."""
     size = max(minimum, round(um_to_px(length_um, mpp)))
     return size if size % 2 == 1 else size + 1
-
-
-def disk(diameter_um: float, mpp: float) -> np.ndarray:
-    """Elliptical structuring element of ``diameter_um`` µm at ``mpp`` (at least 1 x 1)."""
-    size = odd_kernel_px(diameter_um, mpp)
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
 
 
 def square(side_um: float, mpp: float) -> np.ndarray:
@@ -137,14 +129,3 @@ def remove_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
     if min_area_px <= 1 or not mask.any():
         return mask
     return filter_components(mask, min_area_px=min_area_px, min_hole_px=0.0)[0]
-
-
-def within(mask: np.ndarray, distance_px: float) -> np.ndarray:
-    """Pixels at most ``distance_px`` (Euclidean) from a True pixel of ``mask``.
-
-    A distance transform costs the same for any distance, unlike a dilation by a disk.
-    """
-    if not mask.any():
-        return np.zeros_like(mask, dtype=bool)
-    distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
-    return distance <= distance_px
