@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from unipipe.embed.datasets import ZipClassFolders, build_dataset, to_model_input
 from unipipe.embed.rois import run_embed_rois
@@ -40,9 +41,19 @@ def test_build_dataset_unknown_adapter_lists_known() -> None:
         build_dataset(
             {"adapter": "imagefolder", "path": "x", "classes": []},
             img_size=224,
-            mean=(0,) * 3,
-            std=(1,) * 3,
         )
+
+
+def test_dataset_items_are_uint8_and_normalise_on_batch(demo_task: dict) -> None:
+    """Items are resized uint8 patches; batch normalisation equals the one-patch transform."""
+    from unipipe.embed.datasets import normalise_batch
+
+    ds = ZipClassFolders(demo_task["path"], classes=demo_task["classes"], img_size=224)
+    x, idx = ds[5]
+    assert (x.dtype, tuple(x.shape), idx) == (torch.uint8, (3, 224, 224), 5)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    one = to_model_input(ds.read_rgb(5), img_size=224, mean=mean, std=std)
+    torch.testing.assert_close(normalise_batch(x[None], mean=mean, std=std)[0], one)
 
 
 def test_run_embed_rois_writes_contract_h5(
@@ -104,7 +115,7 @@ def test_file_adapters_read_copied_tiles(adapter: str, demo_task: dict, tmp_path
         spec = {"adapter": adapter, "path": str(tmp_path / "manifest.csv")}
     else:
         spec = {"adapter": adapter, "path": str(tmp_path), "classes": ["LUAD", "LUSC"]}
-    ds = build_dataset(spec, img_size=224, mean=(0,) * 3, std=(1,) * 3)
+    ds = build_dataset(spec, img_size=224)
     zipped = ZipClassFolders(demo_task["path"], classes=["LUAD", "LUSC"])
     assert len(ds) == 12
     assert ds.label_names == ["LUAD", "LUSC"]

@@ -25,6 +25,8 @@ __all__ = [
     "RoiItem",
     "ZipClassFolders",
     "build_dataset",
+    "normalise_batch",
+    "resize_patch",
     "to_model_input",
 ]
 
@@ -40,20 +42,32 @@ class RoiItem:
     split: str
 
 
-def to_model_input(
-    rgb: np.ndarray, *, img_size: int, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (3, img_size, img_size) float32, normalised on the 0-1 scale.
+def resize_patch(rgb: np.ndarray, *, img_size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, img_size, img_size) uint8, PIL bilinear with antialiasing.
 
-    Resizing is PIL bilinear with antialiasing (as torchvision's Resize on PIL images).
+    This is what torchvision's ``Resize`` does to a PIL image. Normalisation happens per
+    batch on the model's device (``normalise_batch``), which halves the CPU cost per patch.
     """
     image = Image.fromarray(rgb)
     if image.size != (img_size, img_size):
         image = image.resize((img_size, img_size), Image.Resampling.BILINEAR)
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    return (x - m) / s
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def normalise_batch(
+    batch: torch.Tensor, *, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """(B, 3, S, S) uint8 -> float32 ``(x / 255 - mean) / std`` on the batch's device."""
+    m = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+    return (batch.float() / 255.0 - m) / s
+
+
+def to_model_input(
+    rgb: np.ndarray, *, img_size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, img_size, img_size) float32 model input, one patch."""
+    return normalise_batch(resize_patch(rgb, img_size=img_size)[None], mean=mean, std=std)[0]
 
 
 class _RoiImages:
@@ -62,14 +76,8 @@ class _RoiImages:
     items: list[RoiItem]
     label_names: list[str]
 
-    def __init__(
-        self,
-        *,
-        img_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-    ) -> None:
-        self.img_size, self.mean, self.std = int(img_size), tuple(mean), tuple(std)
+    def __init__(self, *, img_size: int) -> None:
+        self.img_size = int(img_size)
 
     def _read_bytes(self, index: int) -> bytes:
         raise NotImplementedError
@@ -83,9 +91,8 @@ class _RoiImages:
             return np.asarray(image.convert("RGB"))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        """(model input (3, S, S), index)."""
-        rgb = self.read_rgb(index)
-        return to_model_input(rgb, img_size=self.img_size, mean=self.mean, std=self.std), index
+        """(resized patch (3, S, S) uint8, index); normalise with ``normalise_batch``."""
+        return resize_patch(self.read_rgb(index), img_size=self.img_size), index
 
 
 def _check_items(items: list[RoiItem], where: str, splits: Sequence[str], classes: Any) -> None:
@@ -111,10 +118,8 @@ class ZipClassFolders(_RoiImages):
         classes: Sequence[str],
         splits: Sequence[str] = ("train", "test"),
         img_size: int = 224,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
     ) -> None:
-        super().__init__(img_size=img_size, mean=mean, std=std)
+        super().__init__(img_size=img_size)
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise ConfigError(f"task path {self.path} does not exist (adapter zip_class_folders)")
@@ -163,10 +168,8 @@ class FileRois(_RoiImages):
         *,
         label_names: Sequence[str],
         img_size: int = 224,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
     ) -> None:
-        super().__init__(img_size=img_size, mean=mean, std=std)
+        super().__init__(img_size=img_size)
         self.root = os.fspath(root)
         self.items = items
         self.label_names = list(label_names)
@@ -234,7 +237,7 @@ def _csv_manifest(spec: Mapping[str, Any], **transform: Any) -> FileRois:
 
 DatasetFactory = Callable[..., Any]
 
-# Task `adapter` name -> factory(spec, img_size=, mean=, std=) giving a map-style dataset
+# Task `adapter` name -> factory(spec, img_size=) giving a map-style dataset
 # with .items (RoiItem) and .label_names.
 DATASET_ADAPTERS: dict[str, DatasetFactory] = {
     "zip_class_folders": _zip_class_folders,
@@ -243,10 +246,8 @@ DATASET_ADAPTERS: dict[str, DatasetFactory] = {
 }
 
 
-def build_dataset(
-    spec: Mapping[str, Any], *, img_size: int, mean: Sequence[float], std: Sequence[float]
-) -> Any:
-    """Instantiate the adapter named by ``spec["adapter"]`` with the encoder's transform."""
+def build_dataset(spec: Mapping[str, Any], *, img_size: int) -> Any:
+    """Instantiate the adapter named by ``spec["adapter"]``, resizing patches to img_size px."""
     adapter = spec.get("adapter")
     if adapter not in DATASET_ADAPTERS:
         raise ConfigError(
@@ -255,4 +256,4 @@ def build_dataset(
     for key in ("path",) if adapter == "csv_manifest" else ("path", "classes"):
         if not spec.get(key):
             raise ConfigError(f"task spec for adapter {adapter!r} lacks key {key!r}")
-    return DATASET_ADAPTERS[adapter](spec, img_size=img_size, mean=mean, std=std)
+    return DATASET_ADAPTERS[adapter](spec, img_size=img_size)

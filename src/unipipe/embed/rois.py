@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import h5py
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from unipipe.embed.datasets import build_dataset
+from unipipe.embed.datasets import build_dataset, normalise_batch
 from unipipe.embed.encoders import resolve_encoder
 from unipipe.errors import ConfigError
 from unipipe.provenance import atomic_path, write_sidecar
@@ -25,14 +25,24 @@ __all__ = ["embed_batches", "run_embed_rois", "write_roi_h5"]
 
 
 def embed_batches(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]], *, device: str = "cpu"
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, Any]],
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: str = "cpu",
 ) -> np.ndarray:
-    """Run ``model`` over (x (B, 3, S, S), ids) batches; returns (N, D) float32 in batch order."""
+    """Run ``model`` over (x (B, 3, S, S) uint8, ids) batches, normalising on ``device``.
+
+    Returns:
+        (N, D) float32 CLS embeddings in batch order.
+    """
     model = model.to(device).eval()
     out = []
     with torch.inference_mode():
         for x, _ in batches:
-            out.append(model(x.to(device)).float().cpu().numpy())  # (B, D)
+            x = normalise_batch(x.to(device, non_blocking=True), mean=mean, std=std)
+            out.append(model(x).float().cpu().numpy())  # (B, D)
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -105,9 +115,9 @@ def run_embed_rois(
         batch_size,
     )
 
-    dataset = build_dataset(dataset_spec, img_size=size, mean=meta.mean, std=meta.std)
+    dataset = build_dataset(dataset_spec, img_size=size)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    features = embed_batches(model, loader, device=device)
+    features = embed_batches(model, loader, mean=meta.mean, std=meta.std, device=device)
 
     write_roi_h5(
         out_h5,

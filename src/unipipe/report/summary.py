@@ -16,7 +16,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["SUMMARY_METRICS", "summary_table", "uni_figure"]
 
 # Metric columns of summary.csv, in order; each also has _ci_low, _ci_high and uni_ columns.
-SUMMARY_METRICS = ("balanced_accuracy", "weighted_f1", "auroc", "qwk", "top1", "top5")
+SUMMARY_METRICS = (
+    "balanced_accuracy", "weighted_f1", "auroc", "qwk", "top1", "top5",
+    "acc_at_1", "acc_at_3", "acc_at_5", "mvacc_at_5",
+)  # fmt: skip
 
 
 def uni_figure(
