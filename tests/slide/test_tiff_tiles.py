@@ -48,6 +48,31 @@ def test_svs_fast_and_openslide_paths_agree_at_half_mpp():
         slow.close()
 
 
+@pytest.mark.parametrize("subsampling", [(2, 2), (1, 1)])
+def test_ycbcr_jpeg_tiff_direct_tiles_equal_openslide(tmp_path, subsampling):
+    """YCbCr JPEG tiles (most scanners' choice) of a generic tiled TIFF equal OpenSlide's."""
+    with open_slide(SVS) as svs:
+        pixels = svs.read_region(0, 0, (1024, 1536), svs.mpp)
+    path = tmp_path / "ycbcr.tif"
+    tifffile.imwrite(
+        path,
+        pixels,
+        tile=(256, 256),
+        compression="jpeg",
+        photometric="ycbcr",
+        subsampling=subsampling,
+        resolution=(20000, 20000),
+        resolutionunit="CENTIMETER",
+    )
+    reference = openslide.OpenSlide(path)
+    with open_slide(path) as slide:
+        assert slide.reader == "openslide"
+        assert slide.fast_levels == (0,)
+        for x, y, w, h in _boxes(*slide.dimensions, n=15):
+            expected = np.asarray(reference.read_region((x, y), 0, (w, h)))[..., :3]
+            np.testing.assert_array_equal(slide._read_level(0, x, y, w, h), expected)
+
+
 @pytest.mark.parametrize("name", ["OS-1-detail.ome.tif", "OS-2-ndpi.ome.tif"])
 @pytest.mark.parametrize("cache_bytes", [1 << 20, 128 << 20])
 def test_ome_tiled_page_equals_tifffile(name, cache_bytes):

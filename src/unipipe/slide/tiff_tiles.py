@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import threading
 
 import numpy as np
 import tifffile
@@ -62,13 +63,15 @@ class TiledPage:
         tile_bytes = self._tile_w * self._tile_h * 3
         self._capacity = max(4, cache_bytes // tile_bytes)
         self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()  # threads may share a slide; decoding runs unlocked
 
     def _tile(self, index: int) -> np.ndarray:
         """Decoded (tile_h, tile_w, 3) pixels of tile ``index`` (row-major), cached."""
-        tile = self._cache.get(index)
-        if tile is not None:
-            self._cache.move_to_end(index)
-            return tile
+        with self._lock:
+            tile = self._cache.get(index)
+            if tile is not None:
+                self._cache.move_to_end(index)
+                return tile
         count = int(self._counts[index])
         if count == 0:  # a tile the scanner never wrote: glass
             tile = np.full((self._tile_h, self._tile_w, 3), _BACKGROUND, np.uint8)
@@ -76,9 +79,10 @@ class TiledPage:
             data = os.pread(self._fd, count, int(self._offsets[index]))
             segment, _, _ = self._decode(data, index, jpegtables=self._tables)
             tile = np.ascontiguousarray(segment.reshape(self._tile_h, self._tile_w, -1)[..., :3])
-        self._cache[index] = tile
-        if len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[index] = tile
+            if len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)
         return tile
 
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -98,4 +102,5 @@ class TiledPage:
 
     def clear(self) -> None:
         """Drop the decoded tiles."""
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
