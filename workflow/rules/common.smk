@@ -96,6 +96,12 @@ def slide_mpp(wildcards):
     return None if pd.isna(mpp) else float(mpp)
 
 
+def slide_text(wildcards, column):
+    """A free-text manifest column of a slide, or "" when absent."""
+    value = SLIDES.loc[wildcards.slide].get(column)
+    return "" if value is None or pd.isna(value) else str(value)
+
+
 def get_slide_input(wildcards):
     """The slide file as a job input, so a changed slide reruns its chain.
 

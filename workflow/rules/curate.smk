@@ -138,6 +138,7 @@ rule write_shards:
         slide_path=lambda w: slide_row(w)["path"],
         mpp=slide_mpp,
         shards=config["curate"]["shards"],
+        tissue_type=lambda w: slide_text(w, "tissue_type"),
     script:
         "../scripts/write_shards.py"
 

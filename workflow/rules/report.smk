@@ -14,7 +14,7 @@ rule report:
     output:
         summary=f"{RESULTS}/report/summary.csv",
         html=f"{RESULTS}/report/index.html",
-        data_root=config["evaluate"].get("data_root", "."),
+        sidecar=f"{RESULTS}/report/sidecar.json",
     log:
         "logs/report/report.log",
     benchmark:
@@ -28,5 +28,6 @@ rule report:
     params:
         curate_dirs=lambda w, input: sorted({str(Path(p).parent) for p in input.curation}),
         out_dir=lambda w, output: str(Path(output.html).parent),
+        data_root=config["evaluate"].get("data_root", "."),
     script:
         "../scripts/report.py"

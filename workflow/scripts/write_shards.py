@@ -15,4 +15,5 @@ with stage_logging(sm.log[0]):
         params=build_params(ShardParams, sm.params.shards, "curate.shards"),
         shard_zarr=sm.output.shard,
         sidecar=sm.output.sidecar,
+        tissue_type=sm.params.tissue_type,
     )
