@@ -1,8 +1,9 @@
-"""Embedding: encoder registry, ROI dataset adapters and the ROI feature writer."""
+"""Embedding: encoder registry, ROI dataset adapters, ROI feature files and slide bags."""
 
 from unipipe.embed.datasets import DATASET_ADAPTERS, build_dataset
 from unipipe.embed.encoders import ENCODER_KINDS, resolve_encoder
 from unipipe.embed.rois import run_embed_rois
+from unipipe.embed.slides import run_embed_slide
 
 __all__ = [
     "DATASET_ADAPTERS",
@@ -10,4 +11,5 @@ __all__ = [
     "build_dataset",
     "resolve_encoder",
     "run_embed_rois",
+    "run_embed_slide",
 ]

@@ -32,7 +32,9 @@ def embed_batches(
     std: Sequence[float],
     device: str = "cpu",
 ) -> np.ndarray:
-    """Run ``model`` over (x (B, 3, S, S) uint8, ids) batches, normalising on ``device``.
+    """Run ``model`` over uint8 batches, normalising them on ``device``.
+
+    ``batches`` yields x (B, 3, S, S) uint8 tensors or (x, ids) pairs.
 
     Returns:
         (N, D) float32 CLS embeddings in batch order.
@@ -40,7 +42,8 @@ def embed_batches(
     model = model.to(device).eval()
     out = []
     with torch.inference_mode():
-        for x, _ in batches:
+        for batch in batches:
+            x = batch[0] if isinstance(batch, list | tuple) else batch
             x = normalise_batch(x.to(device, non_blocking=True), mean=mean, std=std)
             out.append(model(x).float().cpu().numpy())  # (B, D)
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
