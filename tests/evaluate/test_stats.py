@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,24 @@ def test_permutation_rejects_unknown_metric() -> None:
     y, a, b = _preds(0.9, 0.6)
     with pytest.raises(ConfigError, match="balanced_accuracy"):
         paired_permutation_test(y, a, b, metric="acc")
+
+
+def test_compare_predictions_linear_vs_knn_files(
+    demo_h5: Path, demo_task: dict, tmp_path: Path
+) -> None:
+    """Two real run_evaluate outputs compare; a file against itself gives p = 1."""
+    from unipipe.evaluate.run import run_evaluate
+    from unipipe.evaluate.stats import compare_predictions
+
+    for protocol in ("linear", "knn"):
+        out = tmp_path / protocol
+        run_evaluate(demo_h5, task=demo_task, protocol=protocol,
+                     params={"bootstrap": {"n_resamples": 0}}, seed=0,
+                     metrics_json=out / "m.json", predictions_parquet=out / "p.parquet",
+                     sidecar=out / "s.json")  # fmt: skip
+    res = compare_predictions(tmp_path / "linear" / "p.parquet", tmp_path / "knn" / "p.parquet",
+                              n_permutations=200)  # fmt: skip
+    assert 0 < res.p_value <= 1
+    same = compare_predictions(tmp_path / "knn" / "p.parquet", tmp_path / "knn" / "p.parquet",
+                               n_permutations=50)  # fmt: skip
+    assert same.p_value == 1.0

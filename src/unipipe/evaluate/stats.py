@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from unipipe.errors import ConfigError
 from unipipe.evaluate.metrics import METRICS, MetricInput
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PermutationResult", "paired_permutation_test"]
+__all__ = ["PermutationResult", "compare_predictions", "paired_permutation_test"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,3 +85,32 @@ def paired_permutation_test(
     return PermutationResult(
         metric=metric, difference=float(observed), p_value=p_value, n_permutations=n_permutations
     )
+
+
+def compare_predictions(
+    parquet_a: str | os.PathLike[str],
+    parquet_b: str | os.PathLike[str],
+    *,
+    metric: str = "balanced_accuracy",
+    n_permutations: int = 1000,
+    seed: int = 0,
+) -> PermutationResult:
+    """Paired permutation test of two predictions.parquet files of the same task.
+
+    Rows are matched on ``path`` (ROI tasks) or ``slide_id`` (slide tasks); both files must
+    hold the same test samples with the same labels.
+    """
+    a, b = pd.read_parquet(parquet_a), pd.read_parquet(parquet_b)
+    key = "path" if "path" in a.columns else "slide_id"
+    a, b = a.sort_values(key, kind="stable"), b.sort_values(key, kind="stable")
+    if a[key].tolist() != b[key].tolist() or a["label"].tolist() != b["label"].tolist():
+        raise ConfigError(
+            f"{os.fspath(parquet_a)} and {os.fspath(parquet_b)} do not hold the same test "
+            "samples and labels; compare runs of the same task and split"
+        )
+    probs = [c for c in a.columns if c.startswith("prob_")]
+    return paired_permutation_test(
+        a["label"].to_numpy(), a["pred"].to_numpy(), b["pred"].to_numpy(),
+        probs_a=a[probs].to_numpy(), probs_b=b[probs].to_numpy(), metric=metric,
+        n_permutations=n_permutations, seed=seed,
+    )  # fmt: skip
