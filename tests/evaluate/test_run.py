@@ -73,3 +73,37 @@ def test_run_evaluate_rejects_unknown_param(demo_h5: Path, tmp_path: Path) -> No
     """A typo in the evaluate.linear section raises ConfigError naming the key."""
     with pytest.raises(ConfigError, match="evaluate.linear"):
         _run(demo_h5, tmp_path, "linear", params={"linear": {"max_iters": 10}})
+
+
+def test_registry_demo_task_runs_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config/tasks.yaml's demo entry (as_spec) drives run_embed_rois then run_evaluate."""
+    from unipipe.embed.rois import run_embed_rois
+    from unipipe.evaluate.tasks import load_task_registry
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)  # the demo path is relative to the repository root
+    task = next(t for t in load_task_registry("config/tasks.yaml", "data")
+                if t.id == "tcga_luadlusc_demo").as_spec()  # fmt: skip
+    spec = {"kind": "random", "arch": "vit_small_patch16_224", "seed": 1,
+            "kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}}  # fmt: skip
+    h5 = tmp_path / "f.h5"
+    run_embed_rois(
+        task,
+        encoder_name="rand",
+        encoder_spec=spec,
+        out_h5=h5,
+        sidecar=tmp_path / "e.json",
+        batch_size=64,
+        num_workers=0,
+        img_size=224,
+    )
+    out = tmp_path / "eval"
+    run_evaluate(h5, task=task, protocol="simpleshot", params=FAST, seed=0,
+                 metrics_json=out / "m.json", predictions_parquet=out / "p.parquet",
+                 sidecar=out / "s.json")  # fmt: skip
+    m = json.loads((out / "m.json").read_text())
+    assert (m["task"], m["n_train"], m["n_test"], m["img_size"]) == ("tcga_luadlusc_demo", 130,
+                                                                    60, 224)  # fmt: skip
+    assert m["balanced_accuracy_ci_low"] <= m["balanced_accuracy"]
