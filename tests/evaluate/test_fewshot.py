@@ -57,7 +57,10 @@ def test_run_evaluate_fewshot_curve_rises(demo_h5: Path, demo_task: dict, tmp_pa
     run_evaluate(demo_h5, task=demo_task, protocol="fewshot", params=params, seed=0,
                  metrics_json=tmp_path / "m.json", predictions_parquet=tmp_path / "p.parquet",
                  sidecar=tmp_path / "s.json")  # fmt: skip
-    curve = json.loads((tmp_path / "m.json").read_text())["extra"]["curve"]
+    m = json.loads((tmp_path / "m.json").read_text())
+    curve = m["extra"]["curve"]
+    assert m["balanced_accuracy"] == curve["32"]["balanced_accuracy"]["mean"]
+    assert m["balanced_accuracy_ci_low"] == curve["32"]["balanced_accuracy"]["q025"]
     assert curve["1"]["n_episodes"] == 100
     ba1, ba32 = curve["1"]["balanced_accuracy"], curve["32"]["balanced_accuracy"]
     assert ba32["mean"] > ba1["mean"]

@@ -75,6 +75,9 @@ def fewshot_protocol(
     Support sets come from the train split and the query is the whole test split, so they
     never overlap. ``extra["episodes"]`` maps K to the (n_episodes, N_test) predictions;
     ``pred``/``probs`` are the first episode at the largest K run (for predictions.parquet).
+    In metrics.json the ``fewshot.metrics`` are the episode means at the largest K with
+    2.5-97.5% episode quantiles as the interval; other task metrics are that first
+    episode's, with bootstrap intervals.
     """
     rng = np.random.default_rng(seed)
     smallest = int(min(np.sum(train_y == c) for c in range(n_classes)))
@@ -123,7 +126,13 @@ def fewshot_curve(output: ProtocolOutput, y_test: np.ndarray, n_classes: int) ->
                 "q975": float(np.quantile(values, 0.975)),
             }
         curve[k] = row
-    return {"extra": {"curve": curve, "skipped_shots": output.extra["skipped_shots"]}}
+    # Headline = the largest K run: episode mean with the 2.5-97.5% episode quantiles.
+    top = curve[max(curve, key=int)]
+    scores = {name: {"value": top[name]["mean"], "ci_low": top[name]["q025"],
+                     "ci_high": top[name]["q975"]} for name in output.extra["metrics"]}  # fmt: skip
+    extra = {"curve": curve, "skipped_shots": output.extra["skipped_shots"],
+             "headline_shots": int(max(curve, key=int))}  # fmt: skip
+    return {"extra": extra, "scores": scores}
 
 
 register_protocol("fewshot", fewshot_protocol, FewShotParams, fewshot_curve)

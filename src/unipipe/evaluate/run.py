@@ -88,7 +88,11 @@ def _summarise(
     proto: Any, output: ProtocolOutput, y_test: np.ndarray, n_classes: int,
     boot: BootstrapParams, seed: int,
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:  # fmt: skip
-    """The protocol's extra results, and its per-sample scores as mean + bootstrap CI."""
+    """The protocol's extra results and its own scores.
+
+    A summary may give ``per_sample`` 0/1 arrays (reported as mean + bootstrap CI) and
+    ``scores`` ({name: {value, ci_low, ci_high}}) that replace the bootstrap figures.
+    """
     if proto.summarise is None:
         return to_jsonable({k: v for k, v in output.extra.items()}), {}
     summary = proto.summarise(output, y_test, n_classes)
@@ -97,6 +101,7 @@ def _summarise(
         low, high = bootstrap_mean_ci(per_sample, n_resamples=boot.n_resamples, ci=boot.ci,
                                       seed=seed)  # fmt: skip
         scores[name] = {"value": float(np.mean(per_sample)), "ci_low": low, "ci_high": high}
+    scores.update(summary.get("scores", {}))
     return to_jsonable(summary.get("extra", {})), scores
 
 
