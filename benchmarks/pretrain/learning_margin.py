@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "ssl"))
@@ -69,9 +70,11 @@ def main() -> None:
             model, _ = load_encoder(out / "e.json")
             acc1 = knn_balanced_accuracy(model, tiles, cfg.model.mean, cfg.model.std)
             margins.append(acc1 - acc0)
+            losses = pd.read_csv(out / "m.csv")
             print(
                 f"seed {seed}: init {acc0:.3f} trained {acc1:.3f} margin {acc1 - acc0:+.3f} "
-                f"({train_s:.0f} s training)",
+                f"({train_s:.0f} s training, {train_s / args.steps:.2f} s/step; dino loss "
+                f"{losses['dino'].iloc[0]:.3f} -> {losses['dino'].iloc[-1]:.3f})",
                 flush=True,
             )
     print(f"margin mean {sum(margins) / len(margins):+.3f} min {min(margins):+.3f}")

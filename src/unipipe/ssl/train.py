@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,12 @@ METRIC_COLUMNS = (
     "step_s",
 )
 LAST_CKPT = "last.ckpt"
+# Lightning notes that are expected here: the teacher is kept in eval mode on purpose, and
+# the module (not the data module) owns the device-side augmentation hook.
+_EXPECTED_WARNINGS = (
+    r".*module\(s\) in eval mode at the start of training.*",
+    r".*overridden `on_after_batch_transfer` in `LightningModule`.*",
+)
 
 
 def _fsdp(config: PretrainConfig) -> Any:
@@ -264,7 +271,10 @@ def run_pretrain(
             local_size=local_size,
         )
         logger.info("phase to step %s at %s/%s px from step %s", end, global_size, local_size, done)
-        trainer.fit(module, datamodule=data, ckpt_path=start)
+        with warnings.catch_warnings():
+            for message in _EXPECTED_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            trainer.fit(module, datamodule=data, ckpt_path=start)
         trainer.save_checkpoint(last)
         done, start = end, last
 
