@@ -59,12 +59,26 @@ def test_task_status_demo_ready_missing_data_skipped(tmp_path: Path) -> None:
 
 
 def test_task_status_data_without_adapter_is_skipped(tmp_path: Path) -> None:
-    """A SegPath folder that exists is still skipped: the segpath adapter is not built."""
-    (tmp_path / "segpath" / "rbc").mkdir(parents=True)
+    """Data present for an adapter unipipe lacks is skipped, naming the adapter."""
+    import yaml
+
+    (tmp_path / "x").mkdir()
+    entry = {"level": "roi", "adapter": "openslide_regions", "path": "{data_root}/x",
+             "classes": ["a", "b"], "protocols": ["knn"], "metrics": ["auroc"]}  # fmt: skip
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"tasks": {"x": entry}}))
+    status, reason = task_status(load_task_registry(tmp_path / "t.yaml", tmp_path)[0])
+    assert status == "skipped"
+    assert "openslide_regions" in reason
+
+
+def test_task_status_segpath_needs_images_folder(tmp_path: Path) -> None:
+    """A SegPath task is ready once {path}/train/images exists, else names that folder."""
     task = next(t for t in load_task_registry(TASKS_YAML, tmp_path) if t.id == "segpath_rbc")
     status, reason = task_status(task)
     assert status == "skipped"
-    assert "segpath" in reason
+    assert str(tmp_path / "segpath" / "rbc" / "train" / "images") in reason
+    (tmp_path / "segpath" / "rbc" / "train" / "images").mkdir(parents=True)
+    assert task_status(task) == ("ready", "")
 
 
 def test_task_status_slide_task_needs_manifest(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from unipipe.evaluate import fewshot, retrieval  # noqa: F401  (register their p
 from unipipe.evaluate.metrics import METRICS, compute_metrics
 from unipipe.evaluate.protocols import PROTOCOLS, get_protocol
 from unipipe.evaluate.run import run_evaluate
+from unipipe.evaluate.segmentation import run_segmentation_probe
 from unipipe.evaluate.slides import SLIDE_PROTOCOLS, run_evaluate_slides
 from unipipe.evaluate.tasks import Task, load_task_registry, task_status
 
@@ -17,5 +18,6 @@ __all__ = [
     "load_task_registry",
     "run_evaluate",
     "run_evaluate_slides",
+    "run_segmentation_probe",
     "task_status",
 ]

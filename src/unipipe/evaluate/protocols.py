@@ -37,7 +37,8 @@ class ProtocolOutput:
     Attributes:
         pred: (N_test,) int64 predicted class indices.
         probs: (N_test, K) float64 class scores used for AUROC / top-k.
-        extra: protocol-specific results (e.g. metrics at other k), JSON-able.
+        extra: protocol-specific results, read by the protocol's ``summarise`` (or written
+            to metrics.json as they are when it has none).
     """
 
     pred: np.ndarray
@@ -52,7 +53,7 @@ class LinearParams:
     Attributes:
         max_iter: L-BFGS iterations (UNI: 1000).
         C: inverse regularisation; None = UNI's rule feature_dim * n_classes / 100.
-        backend: ``uni_torch`` (UNI's objective, see module docstring) or ``sklearn``.
+        backend: ``uni_torch`` (UNI's objective, see ``linear_protocol``) or ``sklearn``.
         tol: gradient tolerance of L-BFGS (torch ``tolerance_grad``, sklearn ``tol``).
     """
 

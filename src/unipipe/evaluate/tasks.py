@@ -15,7 +15,15 @@ from unipipe.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LEVELS", "SLIDE_ADAPTERS", "Task", "UniFigure", "load_task_registry", "task_status"]
+__all__ = [
+    "LEVELS",
+    "SEGMENTATION_ADAPTERS",
+    "SLIDE_ADAPTERS",
+    "Task",
+    "UniFigure",
+    "load_task_registry",
+    "task_status",
+]
 
 LEVELS = ("roi", "slide", "segmentation")
 
@@ -163,6 +171,9 @@ def load_task_registry(
 # Slide-level adapters unipipe implements: slide_bags reads {path}/slides.csv (slide_id,
 # label, split, features_h5) and runs unipipe.evaluate.slides.run_evaluate_slides.
 SLIDE_ADAPTERS = {"slide_bags": "slides.csv"}
+# Segmentation adapters: segpath reads {path}/{split}/images/* and same-named masks/*
+# (unipipe.evaluate.segmentation.run_segmentation_probe).
+SEGMENTATION_ADAPTERS = {"segpath": "train/images"}
 
 
 def _adapter_available(task: Task) -> bool:
@@ -171,7 +182,9 @@ def _adapter_available(task: Task) -> bool:
 
     if task.level == "roi":
         return task.adapter in DATASET_ADAPTERS
-    return task.level == "slide" and task.adapter in SLIDE_ADAPTERS
+    if task.level == "segmentation":
+        return task.adapter in SEGMENTATION_ADAPTERS
+    return task.adapter in SLIDE_ADAPTERS
 
 
 def task_status(task: Task) -> tuple[Literal["ready", "skipped"], str]:
@@ -180,8 +193,9 @@ def task_status(task: Task) -> tuple[Literal["ready", "skipped"], str]:
     A task is ready when its data exists and its adapter is implemented.
     """
     where = Path(task.path)
-    if task.level == "slide" and task.adapter in SLIDE_ADAPTERS:
-        where = where / SLIDE_ADAPTERS[task.adapter]
+    inside = {"slide": SLIDE_ADAPTERS, "segmentation": SEGMENTATION_ADAPTERS}.get(task.level, {})
+    if task.adapter in inside:
+        where = where / inside[task.adapter]
     if not where.exists():
         return "skipped", (
             f"data not found at {where} (set evaluate.data_root or place "
