@@ -15,7 +15,9 @@ __all__ = ["setup_logging", "stage_logging"]
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(log_path: str | os.PathLike[str] | None = None, level: int = logging.INFO) -> None:
+def setup_logging(
+    log_path: str | os.PathLike[str] | None = None, level: int = logging.INFO
+) -> None:
     """Send log records to the rule's log file (and stderr when no file is given)."""
     handlers: list[logging.Handler] = []
     if log_path:
