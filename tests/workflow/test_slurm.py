@@ -53,10 +53,7 @@ def _why_no_slurm() -> str | None:
         return f"sinfo did not answer within 30 s (cluster state {STATE})"
     if proc.returncode != 0:
         reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return (
-            f"no SLURM controller answers for UNIPIPE_SLURM_DIR={STATE} ({reason[0]}); "
-            "start one with `bash ci/slurm/start.sh` (.ci/run does)"
-        )
+        return f"no SLURM controller answers for UNIPIPE_SLURM_DIR={STATE}: {reason[0]}"
     partitions = {p.rstrip("*") for p in proc.stdout.split()}
     if not {"debug", "gpu"} <= partitions:
         return (
