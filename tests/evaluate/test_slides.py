@@ -45,9 +45,11 @@ def test_run_evaluate_slides_learns_and_writes(demo_h5: Path, tmp_path: Path) ->
     manifest = _write_slides(demo_h5, tmp_path)
     run_evaluate_slides(manifest, task=TASK, params=PARAMS, seed=0, encoder_name="tiny",
                         metrics_json=tmp_path / "m.json", predictions_parquet=tmp_path / "p.pq",
-                        sidecar=tmp_path / "s.json")  # fmt: skip
+                        sidecar=tmp_path / "s.json", heatmaps_parquet=tmp_path / "h.pq")  # fmt: skip
     m = json.loads((tmp_path / "m.json").read_text())
     assert (m["protocol"], m["encoder"], m["n_test"]) == ("abmil", "tiny", 12)
+    attention = pq.read_table(tmp_path / "h.pq").to_pandas().groupby("slide_id")["score"].sum()
+    np.testing.assert_allclose(attention.to_numpy(), 1.0, atol=1e-5)
     assert m["n_train"] + m["n_val"] == 26
     assert m["balanced_accuracy_ci_low"] <= m["balanced_accuracy"] <= m["balanced_accuracy_ci_high"]
     assert m["auroc"] > 0.6
@@ -59,9 +61,14 @@ def test_run_evaluate_slides_mi_simpleshot(demo_h5: Path, tmp_path: Path) -> Non
     manifest = _write_slides(demo_h5, tmp_path)
     run_evaluate_slides(manifest, task=TASK, params={"bootstrap": {"n_resamples": 50}}, seed=0,
                         metrics_json=tmp_path / "m.json", predictions_parquet=tmp_path / "p.pq",
-                        sidecar=tmp_path / "s.json", protocol="mi_simpleshot")  # fmt: skip
+                        sidecar=tmp_path / "s.json", protocol="mi_simpleshot",
+                        heatmaps_parquet=tmp_path / "h.pq")  # fmt: skip
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["protocol"] == "mi_simpleshot"
+    heat = pq.read_table(tmp_path / "h.pq").to_pandas()
+    assert len(heat) == 12 * 5  # every patch of the 12 test slides
+    assert heat.groupby("slide_id").size().eq(5).all()
+    assert (heat["x"] == 0).all()
     assert m["extra"]["top_k"] == 5
     assert m["auroc"] > 0.6
 

@@ -95,9 +95,9 @@ def _abmil(data: _SlideData, params: Mapping[str, Any], seed: int) -> tuple[np.n
     p = build_params(AbmilParams, params.get("abmil"), "evaluate.abmil")
     model, history = fit_abmil(data.train, data.y_train, data.val, data.y_val,
                                n_classes=data.n_classes, params=p, seed=seed)  # fmt: skip
-    probs, _ = predict_abmil(model, data.test)
+    probs, attention = predict_abmil(model, data.test)
     extra = {"best_epoch": history.best_epoch, "epochs_run": len(history.val_loss)}
-    return probs, {"params": p, "extra": extra}
+    return probs, {"params": p, "extra": extra, "heatmaps": attention}
 
 
 def _mi_simpleshot(
@@ -108,12 +108,33 @@ def _mi_simpleshot(
     p = build_params(MiSimpleShotParams, params.get("mi_simpleshot"), "evaluate.mi_simpleshot")
     model = fit_prototypes([*data.train, *data.val], np.concatenate([data.y_train, data.y_val]),
                            n_classes=data.n_classes)  # fmt: skip
-    probs, _ = predict_prototypes(model, data.test, p)
-    return probs, {"params": p, "extra": {"top_k": p.top_k}}
+    probs, similarity = predict_prototypes(model, data.test, p)
+    return probs, {"params": p, "extra": {"top_k": p.top_k}, "heatmaps": similarity}
 
 
 # Slide protocol name (tasks.yaml) -> fit-and-predict function giving (S_test, K) probs.
 SLIDE_PROTOCOLS = {"abmil": _abmil, "mi_simpleshot": _mi_simpleshot}
+
+
+def _write_heatmaps(
+    path: str | os.PathLike[str], slide_ids: list[str], bags: list[Any], scores: list[np.ndarray]
+) -> None:
+    """One row per test patch: slide_id, patch index, level-0 x, y and its score."""
+    ids, patch, xs, ys, values = [], [], [], [], []
+    for slide_id, bag, score in zip(slide_ids, bags, scores, strict=True):
+        n = len(score)
+        coords = bag.coords if bag.coords is not None else np.full((n, 2), -1, np.int64)
+        ids += [slide_id] * n
+        patch.append(np.arange(n))
+        xs.append(coords[:, 0])
+        ys.append(coords[:, 1])
+        values.append(np.asarray(score, dtype=np.float64))
+    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    table = pa.table({"slide_id": pa.array(ids, pa.string()), "patch": cat(patch, np.int64),
+                      "x": cat(xs, np.int64), "y": cat(ys, np.int64),
+                      "score": cat(values, np.float64)})  # fmt: skip
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def run_evaluate_slides(
@@ -127,6 +148,7 @@ def run_evaluate_slides(
     sidecar: str | os.PathLike[str],
     encoder_name: str = "",
     protocol: str = "abmil",
+    heatmaps_parquet: str | os.PathLike[str] | None = None,
 ) -> None:
     """Train ABMIL on the train slides (early stopping on val), score the test slides.
 
@@ -140,6 +162,9 @@ def run_evaluate_slides(
         sidecar: provenance JSON.
         encoder_name: the encoder that produced the bags (recorded in metrics.json).
         protocol: a key of ``SLIDE_PROTOCOLS`` (``abmil`` or ``mi_simpleshot``).
+        heatmaps_parquet: optional per-patch scores of the test slides: slide_id, patch,
+            x, y (level 0, -1 when the bag has no coords) and score (ABMIL attention, or
+            MI-SimpleShot similarity to the predicted class's prototype).
     """
     params = dict(params or {})
     if protocol not in SLIDE_PROTOCOLS:
@@ -160,7 +185,8 @@ def run_evaluate_slides(
         moved = np.zeros(len(table), dtype=bool)
         moved[is_train] = _hold_out(labels[is_train], split_params.val_fraction, seed)
         is_val, is_train = moved, is_train & ~moved
-    bags = [read_bag(p).features for p in table["features_h5"]]
+    loaded = [read_bag(p) for p in table["features_h5"]]
+    bags = [bag.features for bag in loaded]
     pick = lambda mask: [bags[i] for i in np.flatnonzero(mask)]  # noqa: E731
     logger.info("%s %s: %s train, %s val, %s test slides", protocol, task.get("id"), is_train.sum(),
                 is_val.sum(), is_test.sum())  # fmt: skip
@@ -196,6 +222,10 @@ def run_evaluate_slides(
         columns[f"prob_{name}"] = pa.array(probs[:, c])
     with atomic_path(predictions_parquet) as tmp:
         pq.write_table(pa.table(columns), tmp)
+    if heatmaps_parquet is not None:
+        test_rows = np.flatnonzero(is_test)
+        _write_heatmaps(heatmaps_parquet, [str(table["slide_id"][i]) for i in test_rows],
+                        [loaded[i] for i in test_rows], fitted["heatmaps"])  # fmt: skip
     write_sidecar(sidecar, stage="evaluate_slides", params={"protocol": protocol, "protocol_params": fitted["params"], "slides": split_params,
                   "bootstrap": boot, "seed": seed, "task": dict(task)},
                   inputs=[manifest_csv, *table["features_h5"]])  # fmt: skip
