@@ -190,6 +190,12 @@ def test_dag_changed_eval_param_reruns_only_evaluation(demo_run):
     changed.write_text("evaluate:\n  params:\n    knn:\n      k: 5\n")
     proc = snakemake(demo_run, "-n", configfiles=(changed,))
     assert planned_rules(proc) - {"all"} == {"evaluate", "report"}
+    # Only the k-NN evaluations, one per encoder; linear and SimpleShot stay cached.
+    assert len(re.findall(r"^\s*(?:local)?rule evaluate:", proc.stdout + proc.stderr, re.M)) == 2
+
+    target = "results/eval/dino_demo/tcga_luadlusc_demo/knn/metrics.json"
+    snakemake(demo_run, target, configfiles=(changed,))
+    assert json.loads((demo_run / target).read_text())["extra"]["k"] == 5
 
 
 def _digest_tree(root: Path) -> dict[str, str]:

@@ -153,6 +153,12 @@ def task_spec(task_id):
     return TASKS[task_id].as_spec()
 
 
+def protocol_params(protocol):
+    """This protocol's parameters and the bootstrap's: a change elsewhere reruns nothing here."""
+    params = config["evaluate"].get("params") or {}
+    return {protocol: params.get(protocol) or {}, "bootstrap": params.get("bootstrap") or {}}
+
+
 def eval_protocols(task_id):
     return config["evaluate"].get("protocols") or list(TASKS[task_id].protocols)
 

@@ -20,7 +20,7 @@ rule evaluate:
         runtime=30,
     params:
         task=lambda w: task_spec(w.task),
-        protocol_params=lambda w: config["evaluate"]["params"].get(w.protocol, {}),
+        protocol_params=lambda w: protocol_params(w.protocol),
         seed=config["seed"],
     script:
         "../scripts/evaluate.py"
