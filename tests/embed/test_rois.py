@@ -123,3 +123,16 @@ def test_file_adapters_read_copied_tiles(adapter: str, demo_task: dict, tmp_path
     first = ds.items[0].path.split("/")[-1]
     ref = next(i for i, it in enumerate(zipped.items) if it.path.endswith("/" + first))
     np.testing.assert_array_equal(ds.read_rgb(0), zipped.read_rgb(ref))
+
+
+def test_run_embed_rois_workers_give_same_features(
+    demo_task: dict, tiny_random_spec: dict, tmp_path: Path
+) -> None:
+    """Two DataLoader workers (each opening the zip itself) give the single-process features."""
+    for workers in (0, 2):
+        run_embed_rois(demo_task, encoder_name="rand", encoder_spec=tiny_random_spec,
+                       out_h5=tmp_path / f"w{workers}.h5", sidecar=tmp_path / f"w{workers}.json",
+                       batch_size=48, num_workers=workers, img_size=224)  # fmt: skip
+    with h5py.File(tmp_path / "w0.h5") as a, h5py.File(tmp_path / "w2.h5") as b:
+        np.testing.assert_array_equal(a["features"][:], b["features"][:])
+        assert a["paths"][:].tolist() == b["paths"][:].tolist()
