@@ -70,6 +70,20 @@ def _train_csv(root: Path) -> Path:
     return path
 
 
+def _fewshot_metrics(root: Path, encoder: str) -> Path:
+    """A few-shot metrics.json with a 3-point curve."""
+    path = root / "eval" / encoder / "crc100k" / "fewshot" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    curve = {str(k): {"n_episodes": 10, "balanced_accuracy": {
+        "mean": v, "std": 0.01, "q025": v - 0.02, "q975": v + 0.02}}
+        for k, v in ((1, 0.4), (4, 0.6), (16, 0.8))}  # fmt: skip
+    record = {"encoder": encoder, "task": "crc100k", "protocol": "fewshot", "img_size": 224,
+              "n_train": 100, "n_test": 50, "balanced_accuracy": 0.8,
+              "extra": {"curve": curve}}  # fmt: skip
+    path.write_text(json.dumps(record))
+    return path
+
+
 @pytest.fixture
 def report_inputs(tmp_path: Path) -> dict:
     """Two slides (one without a mosaic), three metrics files and a training csv."""
@@ -79,7 +93,8 @@ def report_inputs(tmp_path: Path) -> dict:
                         _curate_dir(tmp_path, "OS-1", full[:2])],
         "metrics_jsons": [_metrics(tmp_path, "uni", "crc100k", "linear", 0.87),
                           _metrics(tmp_path, "random", "tcga_luadlusc_demo", "knn", 0.6),
-                          _metrics(tmp_path, "random", "crc100k", "knn", 0.5)],
+                          _metrics(tmp_path, "random", "crc100k", "knn", 0.5),
+                        _fewshot_metrics(tmp_path, "uni"), _fewshot_metrics(tmp_path, "random")],
         "train_metrics_csv": _train_csv(tmp_path),
     }  # fmt: skip
 
@@ -96,7 +111,8 @@ def test_run_report_every_link_resolves(report_inputs: dict, tmp_path: Path) -> 
     parser = _Links()
     parser.feed((out / "index.html").read_text())
     local = [link for link in parser.links if not link.startswith("#")]
-    assert len(local) >= 2 * 5 + 2 + 1  # 5 images as link + src, loss curve, summary.csv
+    assert len(local) >= 2 * 6 + 2 + 1  # 5 images + loss + few-shot as link and src, csv
+    assert "assets/fewshot_crc100k.png" in local
     for link in local:
         assert (out / link).is_file(), link
         assert (out / link).resolve().is_relative_to(out.resolve())
@@ -114,8 +130,10 @@ def test_run_report_summary_rows_and_uni_figures(report_inputs: dict, tmp_path: 
     run_report(**report_inputs, out_dir=out, tasks_yaml=ROOT / "config" / "tasks.yaml")
     table = pd.read_csv(out / "summary.csv")
     assert list(zip(table.encoder, table.task, table.protocol, strict=True)) == [
-        ("random", "crc100k", "knn"), ("random", "tcga_luadlusc_demo", "knn"),
+        ("random", "crc100k", "fewshot"), ("random", "crc100k", "knn"),
+        ("random", "tcga_luadlusc_demo", "knn"), ("uni", "crc100k", "fewshot"),
         ("uni", "crc100k", "linear")]  # fmt: skip
+    table = table[table.protocol != "fewshot"].reset_index(drop=True)
     assert table.loc[2, "uni_balanced_accuracy"] == pytest.approx(0.874)
     assert table.loc[0, "uni_balanced_accuracy"] == pytest.approx(0.924)
     assert pd.isna(table.loc[1, "uni_balanced_accuracy"])
@@ -126,7 +144,7 @@ def test_run_report_is_byte_identical_on_rerun(report_inputs: dict, tmp_path: Pa
     """Two reports of the same inputs have identical files (PNG without timestamps)."""
     for name in ("a", "b"):
         run_report(**report_inputs, out_dir=tmp_path / name)
-    for rel in ("index.html", "summary.csv", "assets/train_loss.png"):
+    for rel in ("index.html", "summary.csv", "assets/train_loss.png", "assets/fewshot_crc100k.png"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
 

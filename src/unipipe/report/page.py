@@ -109,6 +109,7 @@ def render_page(
     loss_png: str | None,
     summary: pd.DataFrame,
     skipped: Sequence[tuple[str, str]] = (),
+    fewshot: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The whole index.html text; every src/href is a path relative to the report folder.
 
@@ -117,7 +118,10 @@ def render_page(
         loss_png: relative path of the training curve, or None when no metrics.csv was given.
         summary: the summary table (``summary_table``).
         skipped: (task id, reason) of tasks whose data or adapter is missing.
+        fewshot: (task id, relative png path) of few-shot curve figures.
     """
+    curves = "".join(_figure(f"few-shot curve, {task}", src) for task, src in fewshot)
+    curves = f'<h3>Few-shot</h3><div class="row">{curves}</div>' if fewshot else ""
     training = (_figure("training loss", loss_png) if loss_png
                 else '<p class="missing">No training metrics given.</p>')  # fmt: skip
     return f"""<!DOCTYPE html>
@@ -134,6 +138,7 @@ def render_page(
 <p>Point estimate, 95% bootstrap interval over test-set resamples, and UNI's published
 figure in parentheses where one exists (arXiv 2308.15474).</p>
 {_metric_table(summary)}
+{curves}
 {_skipped(skipped)}
 </body></html>
 """

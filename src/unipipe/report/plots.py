@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -17,7 +19,7 @@ from unipipe.provenance import atomic_path  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LOSS_COLUMNS", "plot_training_curve"]
+__all__ = ["LOSS_COLUMNS", "plot_fewshot_curves", "plot_training_curve"]
 
 # The headline loss column, first one present wins (unipipe.ssl writes `total`).
 LOSS_COLUMNS = ("loss", "total", "train/loss", "train_loss")
@@ -68,3 +70,35 @@ def plot_training_curve(
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     logger.info("training curve from %s rows of %s", len(table), metrics_csv)
+
+
+def plot_fewshot_curves(
+    records: Sequence[Mapping[str, Any]], out_png: str | os.PathLike[str], *,
+    metric: str = "balanced_accuracy",
+) -> None:  # fmt: skip
+    """Few-shot curves of one task: ``metric`` mean against K (log2), one line per encoder.
+
+    Args:
+        records: metrics.json contents of protocol ``fewshot`` (``extra.curve``).
+        out_png: the figure, written without a timestamp.
+        metric: which curve metric to draw; the band is the 2.5-97.5% episode range.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for rec in sorted(records, key=lambda r: str(r.get("encoder"))):
+        curve = rec["extra"]["curve"]
+        shots = sorted(curve, key=int)
+        k = [int(s) for s in shots]
+        mean = [curve[s][metric]["mean"] for s in shots]
+        ax.plot(k, mean, marker="o", ms=3, label=str(rec.get("encoder")))
+        ax.fill_between(k, [curve[s][metric]["q025"] for s in shots],
+                        [curve[s][metric]["q975"] for s in shots], alpha=0.2)  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("labelled ROIs per class (K)")
+    ax.set_ylabel(metric)
+    ax.set_title(str(records[0].get("task")) if records else "")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)

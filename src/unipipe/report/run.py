@@ -12,7 +12,7 @@ from pathlib import Path
 from unipipe.evaluate.tasks import Task, load_task_registry, task_status
 from unipipe.provenance import atomic_path, write_sidecar
 from unipipe.report.page import SlideAssets, render_page
-from unipipe.report.plots import plot_training_curve
+from unipipe.report.plots import plot_fewshot_curves, plot_training_curve
 from unipipe.report.summary import summary_table
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,23 @@ def _copy_slide_assets(curate_dir: Path, out_dir: Path) -> SlideAssets:
     return SlideAssets(slide_id=slide_id, images=tuple(images), verdict=verdict)
 
 
+def _fewshot_figures(
+    metrics_jsons: Sequence[str | os.PathLike[str]], out: Path
+) -> list[tuple[str, str]]:
+    """Draw one few-shot figure per task; returns (task, relative png path) pairs."""
+    by_task: dict[str, list[dict]] = {}
+    for path in metrics_jsons:
+        record = json.loads(Path(path).read_text())
+        if record.get("protocol") == "fewshot" and "curve" in record.get("extra", {}):
+            by_task.setdefault(str(record.get("task")), []).append(record)
+    figures = []
+    for task, records in sorted(by_task.items()):
+        rel = f"assets/fewshot_{task}.png"
+        plot_fewshot_curves(records, out / rel)
+        figures.append((task, rel))
+    return figures
+
+
 def run_report(
     *,
     metrics_jsons: Sequence[str | os.PathLike[str]],
@@ -80,12 +97,14 @@ def run_report(
         loss_png = "assets/train_loss.png"
         plot_training_curve(train_metrics_csv, out / loss_png)
 
+    fewshot = _fewshot_figures(metrics_jsons, out)
     summary = summary_table(metrics_jsons, tasks)
     with atomic_path(out / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     skipped = [(t.id, reason) for t in tasks for status, reason in [task_status(t)]
                if status == "skipped"]  # fmt: skip
-    page = render_page(slides=slides, loss_png=loss_png, summary=summary, skipped=skipped)
+    page = render_page(slides=slides, loss_png=loss_png, summary=summary, skipped=skipped,
+                       fewshot=fewshot)  # fmt: skip
     with atomic_path(out / "index.html") as tmp:
         tmp.write_text(page)
 
