@@ -128,3 +128,15 @@ def test_compute_metrics_skips_top_k_above_classes() -> None:
     inp = _fixed(30, 3, 0)
     out = compute_metrics(inp.y_true, inp.y_pred, inp.probs, names=["top1", "top5"], n_resamples=10)
     assert set(out) == {"top1"}
+
+
+@pytest.mark.parametrize(("n", "k", "seed"), CASES)
+def test_bootstrap_auroc_fast_path_equals_plain_loop(n: int, k: int, seed: int) -> None:
+    """The vectorised AUROC bootstrap gives the per-resample loop's interval exactly."""
+    from unipipe.evaluate import metrics
+
+    inp = _fixed(n, k, seed)
+    fast = bootstrap_ci(inp, auroc, n_resamples=200, seed=3)
+    plain = bootstrap_ci(inp, lambda x: auroc(x), n_resamples=200, seed=3)
+    assert auroc in metrics._BATCHED
+    assert fast == pytest.approx(plain, abs=1e-12)
