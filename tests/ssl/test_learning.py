@@ -11,10 +11,11 @@ from unipipe.ssl import PretrainConfig, run_pretrain
 from .conftest import TCGA_ZIP, TINY_YAML
 from .knn import knn_balanced_accuracy, load_tiles
 
-# Margin over seeds measured with benchmarks/pretrain/learning_margin.py (see the lead's
-# benchmarks notes); the assertion asks for a positive margin well inside the measured range.
+# benchmarks/pretrain/learning_margin.py with this recipe on these stores (CMU grids at offsets
+# 0 and 128 px): 20-NN balanced accuracy 0.600 at init for seeds 0 and 1, 0.633 and 0.717
+# after 100 steps (margins +0.033, +0.117). The test runs seed 0 and asks only for a gain.
 LEARNING = {"schedule.total_steps": 100, "checkpoint.every_n_steps": 1000, "data.num_workers": 1}
-MIN_MARGIN = 0.02
+MIN_MARGIN = 0.01
 
 
 @pytest.mark.slow
