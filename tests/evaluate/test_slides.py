@@ -24,7 +24,7 @@ PARAMS = {"abmil": {"max_epochs": 15, "patience": 5, "min_epochs": 5, "lr": 1e-3
 def _write_slides(h5: Path, out: Path) -> Path:
     """One pseudo-slide per 5 consecutive tiles of a class folder; both bag schemas used."""
     feats = read_roi_features(h5)
-    rows = ["slide_id,label,split,features_h5"]
+    rows = ["slide_id,label,split,features_h5,cohort"]
     for r in range(0, len(feats.paths), 5):
         # Rows are sorted by path and each split/class folder holds a multiple of 5 tiles,
         # so a chunk never mixes classes or splits.
@@ -35,7 +35,9 @@ def _write_slides(h5: Path, out: Path) -> Path:
             key = "feats" if r % 2 else "features"
             f[key] = feats.features[members]
             f["coords"] = np.zeros((len(members), 2), np.int64)
-        rows.append(f"{name},{feats.label_names[feats.labels[r]]},{feats.split[r]},{name}.h5")
+        cohort = "tcga" if (r // 5) % 2 else "cptac"
+        rows.append(f"{name},{feats.label_names[feats.labels[r]]},{feats.split[r]},{name}.h5,"
+                    f"{cohort}")  # fmt: skip
     (out / "slides.csv").write_text("\n".join(rows) + "\n")
     return out / "slides.csv"
 
@@ -54,6 +56,10 @@ def test_run_evaluate_slides_learns_and_writes(demo_h5: Path, tmp_path: Path) ->
     assert m["balanced_accuracy_ci_low"] <= m["balanced_accuracy"] <= m["balanced_accuracy_ci_high"]
     assert m["auroc"] > 0.6
     assert pq.read_table(tmp_path / "p.pq").num_rows == 12
+    cohorts = m["by_cohort"]
+    assert sorted(cohorts) == ["cptac", "tcga"]
+    assert cohorts["tcga"]["n_test"] + cohorts["cptac"]["n_test"] == 12
+    assert "balanced_accuracy_ci_low" in cohorts["tcga"]
 
 
 def test_run_evaluate_slides_mi_simpleshot(demo_h5: Path, tmp_path: Path) -> None:

@@ -57,8 +57,12 @@ class SlideSplitParams:
 
 
 def read_slide_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """slides.csv: slide_id, label (class name), split, features_h5 (relative to the CSV)."""
-    table = pd.read_csv(path, dtype={"slide_id": str, "label": str, "split": str})
+    """slides.csv: slide_id, label (class name), split, features_h5 (relative to the CSV).
+
+    An optional ``cohort`` column (e.g. ``tcga``, ``cptac``) adds per-cohort test metrics
+    (``by_cohort`` in metrics.json), as UNI reports in-domain and external test sets.
+    """
+    table = pd.read_csv(path, dtype={"slide_id": str, "label": str, "split": str, "cohort": str})
     missing = sorted(set(_COLUMNS) - set(table.columns))
     if missing:
         raise ConfigError(f"{os.fspath(path)} lacks columns {missing}; needs {list(_COLUMNS)}")
@@ -137,6 +141,24 @@ def _write_heatmaps(
         pq.write_table(table, tmp)
 
 
+def _cohort_scores(
+    cohorts: np.ndarray, y: np.ndarray, pred: np.ndarray, probs: np.ndarray,
+    names: list[str], boot: BootstrapParams, seed: int,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Metrics with bootstrap intervals per test cohort (e.g. TCGA held-out vs CPTAC)."""
+    out = {}
+    for cohort in sorted(set(cohorts)):
+        rows = cohorts == cohort
+        scores = compute_metrics(y[rows], pred[rows], probs[rows], names=names,
+                                 n_resamples=boot.n_resamples, ci=boot.ci, seed=seed)  # fmt: skip
+        out[cohort] = {"n_test": int(rows.sum())}
+        for name, s in scores.items():
+            out[cohort][name] = _finite_or_none(s["value"])
+            out[cohort][f"{name}_ci_low"] = _finite_or_none(s["ci_low"])
+            out[cohort][f"{name}_ci_high"] = _finite_or_none(s["ci_high"])
+    return out
+
+
 def run_evaluate_slides(
     manifest_csv: str | os.PathLike[str],
     *,
@@ -211,6 +233,9 @@ def run_evaluate_slides(
         record[name] = _finite_or_none(s["value"])
         record[f"{name}_ci_low"] = _finite_or_none(s["ci_low"])
         record[f"{name}_ci_high"] = _finite_or_none(s["ci_high"])
+    if "cohort" in table.columns:
+        record["by_cohort"] = _cohort_scores(table["cohort"][is_test].astype(str).to_numpy(),
+                                             y_test, pred, probs, names, boot, seed)  # fmt: skip
     write_json(metrics_json, record)
 
     columns = {
