@@ -2,10 +2,12 @@
 
 from unipipe.curate.dataset import run_build_dataset
 from unipipe.logs import stage_logging
+from unipipe.runtime import limit_threads
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 
 with stage_logging(sm.log[0]):
+    limit_threads(sm.threads)
     run_build_dataset(
         list(sm.input.shards),
         index_parquet=sm.output.index,

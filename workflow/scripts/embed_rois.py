@@ -2,10 +2,12 @@
 
 from unipipe.embed import run_embed_rois
 from unipipe.logs import stage_logging
+from unipipe.runtime import limit_threads
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 
 with stage_logging(sm.log[0]):
+    limit_threads(sm.threads)
     run_embed_rois(
         sm.params.dataset,
         encoder_name=sm.wildcards.encoder,

@@ -2,10 +2,12 @@
 
 from unipipe.logs import stage_logging
 from unipipe.report import run_report
+from unipipe.runtime import limit_threads
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 
 with stage_logging(sm.log[0]):
+    limit_threads(sm.threads)
     run_report(
         metrics_jsons=list(sm.input.metrics),
         curate_dirs=list(sm.params.curate_dirs),

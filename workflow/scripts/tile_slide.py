@@ -3,10 +3,12 @@
 from unipipe.config import build_params
 from unipipe.curate.tiling import TilingParams, run_tile_slide
 from unipipe.logs import stage_logging
+from unipipe.runtime import limit_threads
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 
 with stage_logging(sm.log[0]):
+    limit_threads(sm.threads)
     run_tile_slide(
         sm.params.slide_path,
         sm.input.tissue,
