@@ -78,7 +78,7 @@ def training_step_fn(module: DINOv2Module, batch: dict, *, device: str, dtype: t
         opt.step()
         opt.zero_grad(set_to_none=True)
         module.update_teacher(0.994)
-        return float(losses["total"])
+        return float(losses["total"].detach())
 
     return step
 

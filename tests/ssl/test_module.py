@@ -30,6 +30,8 @@ def _batch(shard_index, cfg: PretrainConfig, n: int = 4) -> dict[str, torch.Tens
         ({}, []),
         ({"loss.ibot_weight": 0.0}, ["ibot"]),
         ({"loss.koleo_weight": 0.0, "loss.dino_weight": 0.0}, ["koleo", "dino"]),
+        ({"heads.ibot_separate_head": True, "heads.ibot_n_prototypes": 32}, []),
+        ({"loss.centering": "softmax"}, []),
     ],
 )
 def test_compute_losses_term_off_when_weight_zero(shard_index, weights, zero_terms):
@@ -45,7 +47,8 @@ def test_compute_losses_term_off_when_weight_zero(shard_index, weights, zero_ter
 
 def test_compute_losses_dino_near_log_k_at_init(shard_index):
     """At init the student is near-uniform over K prototypes, so the DINO loss is about log K."""
-    cfg = PretrainConfig.from_yaml(TINY_YAML, SMALL)
+    kwargs = {"img_size": 112, "depth": 4, "init_values": 1e-5}  # UNI's LayerScale start
+    cfg = PretrainConfig.from_yaml(TINY_YAML, {**SMALL, "model.kwargs": kwargs})
     module = DINOv2Module(cfg, global_batch=4)
     losses = module.compute_losses(_batch(shard_index, cfg), step=0)
     assert float(losses["dino"]) == pytest.approx(torch.log(torch.tensor(64.0)).item(), rel=0.1)

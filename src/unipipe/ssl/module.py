@@ -84,6 +84,7 @@ class DINOv2Module(L.LightningModule):
         self.dino_center = SoftmaxCenter(heads.n_prototypes, momentum=config.loss.center_momentum)
         self.ibot_center = SoftmaxCenter(ibot_k, momentum=config.loss.center_momentum)
         self.last_metrics: dict[str, float] = {}
+        self._step = 0  # optimiser step being computed (0-based)
         if config.trainer.compile:  # in place: parameter names (and checkpoints) unchanged
             self.student["backbone"].compile()
             self.teacher["backbone"].compile()
@@ -120,10 +121,14 @@ class DINOv2Module(L.LightningModule):
                     for p in group["params"]:
                         p.grad = None
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """EMA teacher update after the optimiser step: t <- m t + (1 - m) s."""
-        momentum = self.schedules.momentum(self.global_step - 1)
-        self.update_teacher(momentum)
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure=None):
+        """The AdamW step, then the EMA teacher update t <- m t + (1 - m) s.
+
+        Done here rather than in ``on_train_batch_end`` because checkpoint callbacks run
+        before that hook: a checkpoint must hold the teacher after this step's update.
+        """
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.update_teacher(self.schedules.momentum(self._step))
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
@@ -215,7 +220,7 @@ class DINOv2Module(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Set this step's schedules, compute the losses, stop on a non-finite one."""
-        step = self.global_step
+        step = self._step = self.global_step
         # Drop-path subsets come from torch's global RNG: reseed it from (seed, step, rank) so
         # that a resumed run repeats exactly what an uninterrupted one does.
         torch.manual_seed(
