@@ -20,16 +20,19 @@ SLURMD_PORT="${UNIPIPE_SLURMD_PORT:-6818}"
 DBD_PORT="${UNIPIPE_SLURMDBD_PORT:-6819}"
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 T0=$SECONDS
+STARTED=0 # set once this run owns $STATE: only then does a failure stop what it started
 
 log() { echo "[slurm-ci] $*"; }
 die() {
     echo "[slurm-ci] ERROR: $*" >&2
-    if [[ -d "$STATE/log" ]]; then
+    if ((STARTED)) && [[ -d "$STATE/log" ]]; then
         echo "[slurm-ci] daemon logs are in $STATE/log/ (last lines follow)" >&2
         tail -n 5 "$STATE"/log/*.log >&2 2>/dev/null || true
     fi
-    echo "[slurm-ci] stopping what was started: bash $HERE/stop.sh" >&2
-    bash "$HERE/stop.sh" >&2 || true
+    if ((STARTED)); then
+        echo "[slurm-ci] stopping what was started: bash $HERE/stop.sh" >&2
+        bash "$HERE/stop.sh" >&2 || true
+    fi
     exit 1
 }
 
@@ -108,6 +111,7 @@ install_packages() {
 install_packages
 
 # --- 2. state dir and configs -------------------------------------------------------------------
+STARTED=1
 if mountpoint -q "$STATE/netns" 2>/dev/null; then umount "$STATE/netns"; fi
 rm -rf "$STATE"
 mkdir -p "$STATE"/{etc,pids,log,run,munge,mysql,spool/ctld,spool/d}
