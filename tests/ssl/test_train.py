@@ -121,13 +121,16 @@ def test_run_pretrain_different_seed_different_teacher(shard_index, tmp_path):
     assert not torch.equal(a["blocks.0.attn.qkv.weight"], b["blocks.0.attn.qkv.weight"])
 
 
-@pytest.mark.parametrize("photometric_on", ["device"])
-def test_run_pretrain_device_photometric_path_trains(shard_index, tmp_path, photometric_on):
-    """The batched photometric path (uint8 crops, jitter after transfer) trains on CPU too."""
-    _run(
-        shard_index, tmp_path, {"augment.photometric_on": photometric_on, "schedule.total_steps": 2}
-    )
-    assert pd.read_csv(tmp_path / "metrics.csv")["total"].notna().all()
+@pytest.mark.parametrize(
+    "overrides",
+    [{"augment.photometric_on": "device"}, {"trainer.precision": "bf16-mixed"}],
+)
+def test_run_pretrain_device_photometric_and_bf16_train(shard_index, tmp_path, overrides):
+    """The batched photometric path (uint8 crops, jitter after transfer) and bf16 autocast run."""
+    _run(shard_index, tmp_path, {**overrides, "schedule.total_steps": 2})
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert metrics[["total", "dino", "ibot", "koleo"]].notna().all().all()
+    assert metrics["step"].tolist() == [1, 2]
 
 
 def test_latest_checkpoint_prefers_furthest_requeue_checkpoint(tmp_path):
