@@ -59,3 +59,11 @@ def test_subset_residual_rate_zero_is_plain_residual():
     """Rate 0 runs the branch on the whole batch."""
     x = torch.randn(3, 5)
     torch.testing.assert_close(subset_residual(x, torch.sin, 0.0), x + torch.sin(x))
+
+
+def test_masked_vit_drop_rates_uniform_or_linear():
+    """Uniform gives every block the rate; linear rises from 0 to the rate in the last block."""
+    vit = build_vit("vit_small_patch16_224", **TINY)
+    assert MaskedViT(vit, drop_path_rate=0.3).drop_rates == [0.3, 0.3, 0.3]
+    linear = MaskedViT(vit, drop_path_rate=0.3, drop_path_uniform=False).drop_rates
+    assert linear == [0.0, 0.15, 0.3]

@@ -41,15 +41,27 @@ class MaskedViT(nn.Module):
 
     Args:
         vit: the timm model; its weights are the exported encoder.
-        drop_path_rate: stochastic depth of the last block; block i gets rate * i / (depth - 1).
+        drop_path_rate: stochastic depth rate of every block (``drop_path_uniform``, DINOv2's
+            ViT-L setting) or of the last block with block i at rate * i / (depth - 1).
+        drop_path_uniform: the same rate in every block.
         sdpa: use torch's fused scaled-dot-product attention in every block.
     """
 
-    def __init__(self, vit: nn.Module, *, drop_path_rate: float = 0.0, sdpa: bool = True) -> None:
+    def __init__(
+        self,
+        vit: nn.Module,
+        *,
+        drop_path_rate: float = 0.0,
+        drop_path_uniform: bool = True,
+        sdpa: bool = True,
+    ) -> None:
         super().__init__()
         self.vit = vit
         depth = len(vit.blocks)
-        self.drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        if drop_path_uniform:
+            self.drop_rates = [drop_path_rate] * depth
+        else:
+            self.drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.mask_token = nn.Parameter(torch.zeros(1, vit.embed_dim))
         for block in vit.blocks:
             if hasattr(block.attn, "fused_attn"):

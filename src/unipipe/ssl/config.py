@@ -53,7 +53,8 @@ class ModelConfig:
         default_factory=lambda: {"img_size": 224, "init_values": 1e-5}
     )
     patch_size: int = 16
-    drop_path_rate: float = 0.3  # max rate, linearly increasing with depth
+    drop_path_rate: float = 0.3  # per block (uniform) or of the last block (linear in depth)
+    drop_path_uniform: bool = True  # DINOv2's ViT-L setting
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # 0-1 RGB
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     sdpa: bool = True  # timm fused attention (torch scaled_dot_product_attention)

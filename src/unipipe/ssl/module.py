@@ -42,7 +42,9 @@ def build_student(config: PretrainConfig) -> nn.ModuleDict:
     """Backbone (timm ViT, drop path done by :class:`MaskedViT`), DINO head, optional iBOT head."""
     m, h = config.model, config.heads
     vit = build_vit(m.arch, **m.kwargs, drop_path_rate=0.0)
-    backbone = MaskedViT(vit, drop_path_rate=m.drop_path_rate, sdpa=m.sdpa)
+    backbone = MaskedViT(
+        vit, drop_path_rate=m.drop_path_rate, drop_path_uniform=m.drop_path_uniform, sdpa=m.sdpa
+    )
     head_kw = {
         "hidden_dim": h.hidden_dim,
         "bottleneck_dim": h.bottleneck_dim,
