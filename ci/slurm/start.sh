@@ -146,8 +146,13 @@ SYSTEM_CONF=/etc/slurm/slurm.conf
 if [[ -L "$SYSTEM_CONF" ]]; then
     # A link left by an earlier run of this script (dangling, or into a state dir) is replaced.
     target="$(readlink "$SYSTEM_CONF")"
-    [[ "$target" == */etc/slurm.conf && (! -e "$target" || -d "$(dirname "$target")/../pids") ]] ||
+    other="$(dirname "$(dirname "$target")")"
+    [[ "$target" == */etc/slurm.conf && (! -e "$target" || -d "$other/pids") ]] ||
         die "$SYSTEM_CONF links to $target, not to a state dir of this script; refusing to replace it"
+    if [[ "$other" != "$STATE" && -f "$other/pids/slurmctld" &&
+        "$(cat "/proc/$(cat "$other/pids/slurmctld")/comm" 2>/dev/null)" == slurmctld ]]; then
+        die "another CI cluster runs from $other; stop it first: UNIPIPE_SLURM_DIR=$other bash $HERE/stop.sh"
+    fi
     rm -f "$SYSTEM_CONF"
 elif [[ -e "$SYSTEM_CONF" ]]; then
     die "$SYSTEM_CONF exists (a real SLURM config?); refusing to replace it"
