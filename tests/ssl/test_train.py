@@ -15,7 +15,13 @@ from unipipe.models import load_encoder
 from unipipe.ssl import PretrainConfig, run_pretrain
 from unipipe.ssl.data import PretrainDataModule
 from unipipe.ssl.module import DINOv2Module
-from unipipe.ssl.train import build_trainer, latest_checkpoint
+from unipipe.ssl.train import (
+    build_trainer,
+    claim_out_dir,
+    latest_checkpoint,
+    resolve_accelerator,
+    run_fingerprint,
+)
 
 from .conftest import TINY_YAML
 
@@ -80,6 +86,8 @@ def test_run_pretrain_resumed_equals_uninterrupted(shard_index, tmp_path):
     resumed = tmp_path / "resumed"  # an interrupted run: run_pretrain's set-up, stopped at step 2
     cfg = PretrainConfig.from_yaml(TINY_YAML, QUICK)
     L.seed_everything(0, workers=True, verbose=False)
+    resumed.mkdir()
+    claim_out_dir(resumed, run_fingerprint(cfg, 0, shard_index))
     trainer = build_trainer(
         cfg, out_dir=resumed, max_steps=2, metrics_path=resumed / "metrics_stream.csv"
     )
@@ -141,3 +149,37 @@ def test_latest_checkpoint_prefers_furthest_requeue_checkpoint(tmp_path):
     torch.save({"global_step": 12}, tmp_path / "hpc_ckpt_1.ckpt")
     torch.save({"global_step": 4}, tmp_path / "hpc_ckpt_2.ckpt")
     assert latest_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
+
+
+def test_run_pretrain_changed_recipe_does_not_resume_old_checkpoints(shard_index, tmp_path):
+    """A rerun with another recipe trains from step 0; the old checkpoints are moved aside."""
+    _run(shard_index, tmp_path)
+    _run(shard_index, tmp_path, overrides={"optim.base_lr": 0.001})
+    sidecar = json.loads((tmp_path / "pretrain.json").read_text())
+    assert sidecar["extra"]["resumed_from_step"] == 0
+    assert pd.read_csv(tmp_path / "metrics.csv")["step"].tolist() == [1, 2, 3, 4]
+    stale = list(tmp_path.glob("stale-*/checkpoints/last.ckpt"))
+    assert len(stale) == 1
+
+
+def test_run_pretrain_same_recipe_resumes_finished_run(shard_index, tmp_path):
+    """Rerunning the same recipe, seed and data resumes at the last step and trains nothing."""
+    _run(shard_index, tmp_path)
+    _run(shard_index, tmp_path)
+    assert json.loads((tmp_path / "pretrain.json").read_text())["extra"]["resumed_from_step"] == 4
+    assert not list(tmp_path.glob("stale-*"))
+
+
+@pytest.mark.parametrize(
+    ("requested", "visible", "expected"),
+    [("gpu", "0", "cpu"), ("cuda", "", "cpu"), ("auto", "0", "cpu"), ("auto", "", "auto")],
+)
+def test_resolve_accelerator_falls_back_to_cpu_without_cuda(
+    monkeypatch, caplog, requested, visible, expected
+):
+    """A GPU request on a node without usable CUDA (CI's fake SLURM GPU) trains on CPU."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING", logger="unipipe.ssl.train"):
+        assert resolve_accelerator(requested) == expected
+    assert ("training on the CPU" in caplog.text) == (expected == "cpu")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -18,7 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from unipipe.models import build_vit, save_encoder
-from unipipe.provenance import atomic_path, write_sidecar
+from unipipe.provenance import atomic_path, file_sha256, to_jsonable, write_json, write_sidecar
 from unipipe.ssl.config import PretrainConfig
 from unipipe.ssl.data import PretrainDataModule, ShardSource
 from unipipe.ssl.module import DINOv2Module
@@ -29,9 +31,12 @@ __all__ = [
     "STRATEGIES",
     "MetricsCSV",
     "build_trainer",
+    "claim_out_dir",
     "export_teacher",
     "latest_checkpoint",
     "phases",
+    "resolve_accelerator",
+    "run_fingerprint",
     "run_pretrain",
 ]
 
@@ -48,6 +53,8 @@ METRIC_COLUMNS = (
     "step_s",
 )
 LAST_CKPT = "last.ckpt"
+# Fingerprint of the run that owns out_dir's checkpoints (see claim_out_dir).
+RUN_MARKER = "run.json"
 # Lightning notes that are expected here: the teacher is kept in eval mode on purpose, and
 # the module (not the data module) owns the device-side augmentation hook.
 _EXPECTED_WARNINGS = (
@@ -136,6 +143,66 @@ def phases(config: PretrainConfig) -> list[tuple[int, int, int]]:
     return main + ([(total, hr.global_size, hr.local_size)] if hr.steps else [])
 
 
+def resolve_accelerator(requested: str) -> str:
+    """The Lightning accelerator to use: a GPU request on a node without usable CUDA is CPU.
+
+    A scheduler can hand a job a GPU that this process cannot use (a fake GPU resource in
+    CI, a driver mismatch, a CPU-only torch build). Training then runs on the CPU, with a
+    warning, instead of Lightning refusing to start.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    wants_gpu = requested in ("gpu", "cuda") or (requested == "auto" and visible not in ("", "-1"))
+    if wants_gpu and not torch.cuda.is_available():
+        logger.warning(
+            "a GPU was requested (trainer.accelerator=%s, CUDA_VISIBLE_DEVICES=%r) but CUDA is "
+            "not usable in this process; training on the CPU instead",
+            requested,
+            visible,
+        )
+        return "cpu"
+    return requested
+
+
+def run_fingerprint(config: PretrainConfig, seed: int, source: ShardSource) -> str:
+    """Hash of what a checkpoint depends on: the resolved recipe, the seed and the data index."""
+    if isinstance(source, str | os.PathLike) and Path(source).is_file():
+        data = file_sha256(source)
+    else:
+        paths = [source] if isinstance(source, str | os.PathLike) else list(source)
+        data = sorted(os.fspath(p) for p in paths)
+    payload = json.dumps(
+        {"config": to_jsonable(config.to_dict()), "seed": seed, "data": data}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def claim_out_dir(out_dir: Path, fingerprint: str) -> None:
+    """Keep the checkpoints in ``out_dir`` only if they were made by this very run.
+
+    Resuming a changed recipe (or new shards) from old checkpoints would silently continue
+    the old run and export it, so checkpoints of another run are moved aside, not reused.
+    """
+    marker = out_dir / RUN_MARKER
+    old = json.loads(marker.read_text()).get("fingerprint") if marker.exists() else None
+    if old == fingerprint:
+        return
+    leftovers = [out_dir / "checkpoints", out_dir / "metrics_stream.csv"]
+    leftovers += sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
+    leftovers = [p for p in leftovers if p.exists()]
+    if leftovers:
+        stale = out_dir / f"stale-{old or 'unknown'}"
+        stale.mkdir(exist_ok=True)
+        for path in leftovers:
+            os.replace(path, stale / path.name)
+        logger.warning(
+            "checkpoints in %s come from another recipe, seed or data; moved them to %s and "
+            "training from step 0",
+            out_dir,
+            stale,
+        )
+    write_json(marker, {"fingerprint": fingerprint})
+
+
 def build_trainer(
     config: PretrainConfig, *, out_dir: Path, max_steps: int, metrics_path: Path
 ) -> L.Trainer:
@@ -153,7 +220,7 @@ def build_trainer(
     )
     plugins = [SLURMEnvironment(auto_requeue=t.slurm_requeue)] if SLURMEnvironment.detect() else []
     return L.Trainer(
-        accelerator=t.accelerator,
+        accelerator=resolve_accelerator(t.accelerator),
         devices=1 if t.strategy == "single" else t.devices,
         num_nodes=t.num_nodes,
         strategy=STRATEGIES[t.strategy](config),
@@ -251,6 +318,7 @@ def run_pretrain(
     L.seed_everything(seed, workers=True, verbose=False)
     logger.info("pretraining with %s", config.to_dict())
 
+    claim_out_dir(out_dir, run_fingerprint(config, seed, index_parquet))
     start = latest_checkpoint(out_dir)
     resumed = _checkpoint_step(start) if start else 0
     done, module, trainer, img_size = resumed, None, None, config.crops.global_size
