@@ -68,6 +68,9 @@ def _ready_tasks():
     ready = []
     for task_id in config["evaluate"]["tasks"]:
         status, reason = task_status(TASKS[task_id])
+        if status == "ready" and TASKS[task_id].level != "roi":
+            # The library evaluates slide and segmentation tasks; the rules do not yet.
+            status, reason = "skipped", f"{TASKS[task_id].level}-level tasks have no rules yet"
         if status == "ready":
             ready.append(task_id)
         else:
