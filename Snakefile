@@ -23,7 +23,8 @@ rule all:
 
 
 onsuccess:
-    print(f"unipipe: report written to {RESULTS}/report/index.html")
+    if Path(f"{RESULTS}/report/index.html").exists():
+        print(f"unipipe: report at {RESULTS}/report/index.html")
 
 
 onerror:

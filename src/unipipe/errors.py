@@ -5,6 +5,7 @@ __all__ = [
     "MissingMppError",
     "SlideError",
     "SlideNotFoundError",
+    "SlideReadError",
     "UnipipeError",
     "UnsupportedSlideError",
 ]
@@ -32,3 +33,7 @@ class UnsupportedSlideError(SlideError):
 
 class MissingMppError(SlideError):
     """The slide has no microns-per-pixel metadata and the manifest gives none."""
+
+
+class SlideReadError(SlideError):
+    """The slide opened but a region of it cannot be decoded (a damaged file)."""

@@ -52,7 +52,7 @@ def test_open_slide_missing_path_names_slide_and_fix(tmp_path):
     message = str(info.value)
     assert "'S1'" in message
     assert str(missing) in message
-    assert "`path` column of config/slides.tsv" in message
+    assert "`path` column of the slide manifest (config/slides.tsv" in message
 
 
 def test_open_slide_text_file_is_unsupported(tmp_path):
@@ -66,7 +66,7 @@ def test_open_slide_text_file_is_unsupported(tmp_path):
     assert str(fake) in message
     for reader in READERS:
         assert reader in message.lower()
-    assert "remove its row from config/slides.tsv" in message
+    assert "remove its row from the slide manifest (config/slides.tsv" in message
 
 
 def _crop_of_svs() -> np.ndarray:
@@ -83,7 +83,7 @@ def test_open_slide_tiff_without_resolution_needs_mpp(tmp_path):
         open_slide(path, slide_id="nompp")
     assert "'nompp'" in str(info.value)
     assert str(path) in str(info.value)
-    assert "add an `mpp` column to config/slides.tsv" in str(info.value)
+    assert "add an `mpp` column to the slide manifest (config/slides.tsv" in str(info.value)
     with open_slide(path, mpp=0.5) as slide:
         assert slide.reader in {"openslide", "tifffile"}  # OpenSlide reads tiled generic TIFF
         np.testing.assert_array_equal(slide.read_region(0, 0, 512, 0.5), pixels)
@@ -119,19 +119,22 @@ def test_open_slide_dicom_without_width_needs_mpp(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("shape", "dtype", "photometric", "reason"),
+    ("shape", "dtype", "photometric", "tile", "reason"),
     [
-        ((480, 640), np.uint16, "minisblack", "16-bit greyscale"),
-        ((3, 480, 640), np.uint8, "minisblack", "multichannel fluorescence"),
+        ((480, 640), np.uint16, "minisblack", None, "16-bit greyscale"),
+        ((3, 480, 640), np.uint8, "minisblack", None, "multichannel fluorescence"),
+        # Tiled: OpenSlide opens these as generic-tiff and would render them as RGB.
+        ((512, 768), np.uint16, "minisblack", (256, 256), "16-bit greyscale"),
+        ((3, 512, 768), np.uint16, "minisblack", (256, 256), "multichannel fluorescence"),
     ],
 )
-def test_open_slide_rejects_non_rgb_tiff(tmp_path, shape, dtype, photometric, reason):
+def test_open_slide_rejects_non_rgb_tiff(tmp_path, shape, dtype, photometric, tile, reason):
     """Greyscale and multichannel TIFFs raise UnsupportedSlideError that says what they are."""
     path = tmp_path / "fluo.tif"
     grey = _crop_of_svs()[:480, :480, 1].astype(dtype)
     data = np.zeros(shape, dtype)
-    data[..., :480] = grey
-    tifffile.imwrite(path, data, photometric=photometric, planarconfig="separate")
+    data[..., :480, :480] = grey
+    tifffile.imwrite(path, data, photometric=photometric, planarconfig="separate", tile=tile)
     with pytest.raises(UnsupportedSlideError, match=reason):
         open_slide(path, slide_id="fluo", mpp=0.5)
 
@@ -143,3 +146,24 @@ def test_open_slide_dicom_folder_without_dcm_is_unsupported(tmp_path):
     shutil.copy(SLIDES / "OS-1-detail.ome.tif", folder / "readme.tif")
     with pytest.raises(UnsupportedSlideError, match="folder without .dcm"):
         open_slide(folder)
+
+
+def test_read_region_damaged_tiles_name_slide_and_box(tmp_path):
+    """A slide whose JPEG tiles are overwritten fails with SlideReadError naming slide and box."""
+    from unipipe.errors import SlideReadError
+
+    damaged = tmp_path / "damaged.svs"
+    shutil.copyfile(SLIDES / "CMU-1-Small-Region.svs", damaged)
+    with tifffile.TiffFile(damaged) as tif:
+        page = tif.pages[0]
+        offsets, counts = page.dataoffsets, page.databytecounts
+    rng = np.random.default_rng(0)
+    with open(damaged, "r+b") as fh:
+        for offset, count in zip(offsets, counts, strict=True):
+            fh.seek(offset)
+            fh.write(rng.integers(0, 256, count, dtype=np.uint8).tobytes())
+    slide = open_slide(damaged, slide_id="damaged")
+    with pytest.raises(SlideReadError, match=r"slide 'damaged' .* cannot be decoded") as info:
+        slide.read_region(512, 512, 256, 0.5)
+    slide.close()
+    assert "remove its row" in str(info.value)

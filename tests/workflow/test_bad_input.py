@@ -64,6 +64,13 @@ def test_bad_input_manifest_mpp_override_rescues_slide(tmp_path):
         ("evaluate:\n  tasks: [no_such_task]\n", "no_such_task"),
         ("evaluate:\n  encoders: [no_such_encoder]\n", "no_such_encoder"),
         ("pretrain:\n  gpus: -1\n", "gpus"),
+        ("evaluate:\n  params:\n    knn:\n      kk: 5\n", "evaluate.params.knn"),
+        ("evaluate:\n  params:\n    knnn: {}\n", "knnn"),
+        ("evaluate:\n  protocols: [knnn]\n", "knnn"),
+        ("pretrain:\n  overrides:\n    schedule.total_stepz: 6\n", "total_stepz"),
+        ("encoders:\n  random_init:\n    sede: 3\n", "sede"),
+        ("encoders:\n  x:\n    kind: pretrained\n", "encoders"),
+        ("curate:\n  tiling:\n    specs: [{size_px: 256, mpp: 0}]\n", "mpp"),
     ],
 )
 def test_bad_input_invalid_config_fails_at_start(tmp_path, config_text, expected):
@@ -74,6 +81,13 @@ def test_bad_input_invalid_config_fails_at_start(tmp_path, config_text, expected
     proc = snakemake(workdir, "-n", configfiles=(bad,), check=False)
     assert proc.returncode != 0
     assert expected in proc.stdout + proc.stderr
+
+
+def test_bad_input_slide_named_like_a_run_output_is_allowed(tmp_path):
+    """A slide called build_dataset plans normally (its sidecar no longer collides)."""
+    workdir = make_workdir(tmp_path / "run", {"build_dataset": SLIDES / "CMU-1-Small-Region.svs"})
+    proc = snakemake(workdir, "-n", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_bad_input_invalid_manifest_fails_at_start(tmp_path):

@@ -88,6 +88,7 @@ def test_dag_shards_hold_selected_patches_equal_to_slide_reads(demo_run):
 
     for slide_id, path in TEST_SLIDES.items():
         selected = pd.read_parquet(demo_run / f"results/curate/{slide_id}/selected.parquet")
+        selected = selected[selected["size_px"] == 256]  # the first spec sits at the root
         group = zarr.open_group(demo_run / f"results/shards/{slide_id}.zarr", mode="r")
         patches = group["patches"]
         assert patches.shape == (len(selected), 256, 256, 3)

@@ -7,7 +7,12 @@ import pandas as pd
 import yaml
 from snakemake.utils import validate
 
+from unipipe.config import build_params
+from unipipe.evaluate.protocols import PROTOCOLS
+from unipipe.evaluate.run import BootstrapParams
 from unipipe.evaluate.tasks import load_task_registry, task_status
+from unipipe.ssl.config import PretrainConfig
+from unipipe.manifest import read_manifest
 
 _log = logging.getLogger("unipipe.workflow")
 
@@ -17,20 +22,12 @@ RESULTS = config["results_dir"].rstrip("/")
 ENVS = "../../envs"
 
 
-def _read_manifest(path):
-    """The slide manifest as a DataFrame indexed by slide_id, checked against its schema."""
-    manifest = pd.read_csv(path, sep="\t", dtype={"slide_id": str, "path": str}, comment="#")
-    manifest = manifest.dropna(how="all")
-    validate(manifest, schema="../schemas/slides.schema.yaml")
-    duplicated = manifest["slide_id"][manifest["slide_id"].duplicated()].tolist()
-    if duplicated:
-        raise ValueError(
-            f"{path}: slide_id must be unique, repeated: {duplicated}; rename them in the manifest"
-        )
-    return manifest.set_index("slide_id", drop=False)
-
-
-SLIDES = _read_manifest(config["slides"])
+SLIDES = read_manifest(config["slides"])
+# The checks above are explicit; the schema documents the same columns for other tools.
+validate(
+    SLIDES.assign(mpp=SLIDES["mpp"].astype(object).where(SLIDES["mpp"].notna(), None)),
+    schema="../schemas/slides.schema.yaml",
+)
 
 for _sid, _row in SLIDES.iterrows():
     if not Path(_row["path"]).exists():
@@ -87,6 +84,33 @@ for _name in config["evaluate"]["encoders"]:
             f"config evaluate.encoders names {_name!r}, which is not under `encoders:`; "
             f"defined: {sorted(config['encoders'])}"
         )
+
+
+def _check_evaluate_params():
+    """Refuse unknown protocols and protocol parameters before any job runs."""
+    params = config["evaluate"].get("params") or {}
+    for name in config["evaluate"].get("protocols") or []:
+        if name not in PROTOCOLS:
+            raise ValueError(
+                f"config evaluate.protocols names {name!r}; known protocols: {sorted(PROTOCOLS)}"
+            )
+    for name, section in params.items():
+        if name == "bootstrap":
+            build_params(BootstrapParams, section, "evaluate.params.bootstrap")
+        elif name in PROTOCOLS:
+            build_params(PROTOCOLS[name].params_cls, section, f"evaluate.params.{name}")
+        elif name not in SLIDE_LEVEL_PARAMS:
+            raise ValueError(
+                f"config evaluate.params has {name!r}, which is no protocol; "
+                f"known: {sorted([*PROTOCOLS, 'bootstrap', *SLIDE_LEVEL_PARAMS])}"
+            )
+
+
+# Sections read by the library's slide-level and segmentation evaluation (no rules yet).
+SLIDE_LEVEL_PARAMS = ("abmil", "mi_simpleshot", "slides", "segmentation_probe")
+_check_evaluate_params()
+# The recipe and its overrides are resolved now, so a typo fails here, not after curation.
+PretrainConfig.from_yaml(config["pretrain"]["config"], config["pretrain"].get("overrides"))
 
 
 def slide_row(wildcards):

@@ -121,7 +121,9 @@ rule write_shards:
         selected=rules.select_patches.output.selected,
     output:
         shard=directory(f"{RESULTS}/shards/{{slide}}.zarr"),
-        sidecar=f"{RESULTS}/shards/{{slide}}.json",
+        # Beside the other per-slide sidecars: under shards/ a slide named like a run-level
+        # output (build_dataset) would make two rules claim one file.
+        sidecar=f"{RESULTS}/curate/{{slide}}/write_shards.json",
     log:
         "logs/write_shards/{slide}.log",
     benchmark:

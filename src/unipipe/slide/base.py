@@ -11,6 +11,8 @@ from types import TracebackType
 import cv2
 import numpy as np
 
+from unipipe.errors import SlideReadError, UnipipeError
+
 __all__ = ["LEVEL_MPP_TOLERANCE", "THUMBNAIL_BLOCK_PX", "Slide", "as_size"]
 
 logger = logging.getLogger(__name__)
@@ -189,12 +191,26 @@ class Slide(abc.ABC):
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, lw), min(y + h, lh)
         if x0 == x and y0 == y and x1 == x + w and y1 == y + h:
-            return self._read_level(level, x, y, w, h)
+            return self._read_checked(level, x, y, w, h)
         out = np.full((h, w, 3), _BACKGROUND, np.uint8)
         if x1 > x0 and y1 > y0:
-            inner = self._read_level(level, x0, y0, x1 - x0, y1 - y0)
+            inner = self._read_checked(level, x0, y0, x1 - x0, y1 - y0)
             out[y0 - y : y1 - y, x0 - x : x1 - x] = inner
         return out
+
+    def _read_checked(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """`_read_level`, with a decoder's failure turned into an error naming slide and box."""
+        try:
+            return self._read_level(level, x, y, w, h)
+        except (UnipipeError, MemoryError):
+            raise
+        except Exception as err:
+            raise SlideReadError(
+                f"slide {self.slide_id!r} ('{self.path}') cannot be decoded at level {level}, "
+                f"box x={x} y={y} w={w} h={h} (level pixels): {type(err).__name__}: {err}. "
+                "The file is probably damaged: copy or export it again, or remove its row "
+                "from the slide manifest"
+            ) from err
 
     def __enter__(self) -> Slide:
         return self

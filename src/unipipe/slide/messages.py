@@ -20,7 +20,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "config/slides.tsv"
+# The manifest is wherever `slides:` points; the default is named so users know the file.
+MANIFEST = "the slide manifest (config/slides.tsv unless the config key `slides` names another)"
 
 # Metadata mpp outside this range is a placeholder (e.g. a 96-dpi TIFF default), not a scan.
 _PLAUSIBLE_MPP = (0.05, 100.0)

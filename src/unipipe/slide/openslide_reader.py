@@ -15,6 +15,7 @@ from pydicom.encaps import generate_frames
 
 from unipipe.slide.base import Slide
 from unipipe.slide.messages import ReaderRefusedError, plausible_mpp, resolve_mpp
+from unipipe.slide.tiff_reader import check_brightfield_rgb, main_series
 from unipipe.slide.tiff_tiles import TiledPage, tiled_page_supported
 
 __all__ = [
@@ -132,6 +133,10 @@ def open_with_openslide(
     except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as err:
         raise ReaderRefusedError(f"OpenSlide: {err or type(err).__name__}") from err
     try:
+        if handle.properties.get(openslide.PROPERTY_NAME_VENDOR) == "generic-tiff":
+            # OpenSlide renders 16-bit grey and fluorescence TIFFs as RGB without complaint;
+            # tissue detection would then silently find nothing.
+            _refuse_non_brightfield_tiff(path, slide_id=slide_id)
         metadata_mpp = _metadata_mpp(handle)
         level0_mpp = resolve_mpp(metadata_mpp, mpp, slide_id=slide_id, path=path)
     except Exception:
@@ -140,6 +145,12 @@ def open_with_openslide(
     return OpenSlideSlide(
         handle, slide_id=slide_id, path=path, mpp=level0_mpp, fast_tiles=fast_tiles
     )
+
+
+def _refuse_non_brightfield_tiff(path: Path, *, slide_id: str) -> None:
+    """Raise UnsupportedSlideError unless the TIFF's main image is 8-bit RGB(A)."""
+    with tifffile.TiffFile(path) as tif:
+        check_brightfield_rgb(main_series(tif), slide_id=slide_id, path=path)
 
 
 def _metadata_mpp(handle: openslide.OpenSlide) -> float | None:

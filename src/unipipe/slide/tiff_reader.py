@@ -14,7 +14,14 @@ from unipipe.slide.base import Slide
 from unipipe.slide.messages import ReaderRefusedError, plausible_mpp, resolve_mpp, unsupported
 from unipipe.slide.tiff_tiles import TiledPage, tiled_page_supported
 
-__all__ = ["TiffSlide", "open_with_tifffile", "ome_mpp", "resolution_tag_mpp"]
+__all__ = [
+    "TiffSlide",
+    "check_brightfield_rgb",
+    "main_series",
+    "ome_mpp",
+    "open_with_tifffile",
+    "resolution_tag_mpp",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +91,8 @@ def open_with_tifffile(path: Path, *, slide_id: str, mpp: float | None) -> TiffS
     except (tifffile.TiffFileError, ValueError, OSError) as err:
         raise ReaderRefusedError(f"tifffile: {err}") from err
     try:
-        series = _main_series(tif)
-        _check_brightfield_rgb(series, slide_id=slide_id, path=path)
+        series = main_series(tif)
+        check_brightfield_rgb(series, slide_id=slide_id, path=path)
         metadata_mpp = ome_mpp(tif) or resolution_tag_mpp(series.keyframe)
         level0_mpp = resolve_mpp(metadata_mpp, mpp, slide_id=slide_id, path=path)
         return TiffSlide(tif, series, slide_id=slide_id, path=path, mpp=level0_mpp)
@@ -94,7 +101,7 @@ def open_with_tifffile(path: Path, *, slide_id: str, mpp: float | None) -> TiffS
         raise
 
 
-def _main_series(tif: tifffile.TiffFile) -> tifffile.TiffPageSeries:
+def main_series(tif: tifffile.TiffFile) -> tifffile.TiffPageSeries:
     """The series with the most pixels (label and macro images are smaller)."""
     if not tif.series:
         raise ReaderRefusedError("tifffile: no image series")
@@ -103,7 +110,7 @@ def _main_series(tif: tifffile.TiffFile) -> tifffile.TiffPageSeries:
     )
 
 
-def _check_brightfield_rgb(series: tifffile.TiffPageSeries, *, slide_id: str, path: Path) -> None:
+def check_brightfield_rgb(series: tifffile.TiffPageSeries, *, slide_id: str, path: Path) -> None:
     """Raise `UnsupportedSlideError` unless the series is 8-bit interleaved RGB(A)."""
     axes, shape, dtype = series.axes, series.shape, np.dtype(series.dtype)
     photometric = series.keyframe.photometric
