@@ -1,8 +1,13 @@
 """unipipe: curate WSIs, pretrain a ViT with DINOv2, embed and evaluate as UNI did."""
 
+import time
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# Wall-clock start of this invocation: onsuccess tells a rebuilt report from an old one.
+START_TIME = time.time()
 
 
 configfile: "config/config.yaml"
@@ -23,8 +28,11 @@ rule all:
 
 
 onsuccess:
-    if Path(f"{RESULTS}/report/index.html").exists():
-        print(f"unipipe: report at {RESULTS}/report/index.html")
+    _report = Path(f"{RESULTS}/report/index.html")
+    if _report.exists():
+        _fresh = _report.stat().st_mtime >= START_TIME
+        _state = "written by this run" if _fresh else "from an earlier run, not rebuilt now"
+        print(f"unipipe: report at {_report} ({_state})")
 
 
 onerror:

@@ -253,6 +253,9 @@ def test_slurm_pretrain_ran_on_gpu_partition_with_a_gpu(slurm_run):
     assert pretrain[0]["Partition"] == "gpu"
     assert "gres/gpu=1" in pretrain[0]["AllocTRES"]
     assert {j["Partition"] for j in jobs if j is not pretrain[0]} == {"debug"}
+    # CI's GPU is a counted resource with no device behind it: training fell back to CPU.
+    log = (slurm_run[0] / "logs/pretrain/demo.log").read_text()
+    assert "training on the CPU instead" in log
 
 
 def test_slurm_curation_is_byte_identical_to_local_run(slurm_run, local_run):
