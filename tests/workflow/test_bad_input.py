@@ -10,8 +10,6 @@ from PIL import Image
 from tests.conftest import RESOURCES, SLIDES
 from tests.workflow.test_dag import make_workdir, snakemake
 
-pytestmark = pytest.mark.xdist_group("bad_input")
-
 
 def _tiff_without_mpp(path):
     """A real H&E tile saved as a plain TIFF with no resolution tags."""

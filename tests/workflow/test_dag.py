@@ -17,7 +17,7 @@ import zarr
 
 from tests.conftest import REPO, SLIDES
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dag")]
+pytestmark = [pytest.mark.slow]
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TEST_SLIDES = {

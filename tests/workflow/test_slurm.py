@@ -17,7 +17,7 @@ import yaml
 from tests.conftest import REPO, SLIDES
 from tests.workflow.test_dag import make_workdir, planned_rules
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 EXEC = REPO / "ci" / "slurm" / "exec.sh"
 PROFILE = REPO / "profiles" / "slurm-ci"
