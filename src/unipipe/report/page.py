@@ -136,7 +136,9 @@ def render_page(
 {training}
 <h2 id="evaluation">Evaluation</h2>
 <p>Point estimate, 95% bootstrap interval over test-set resamples, and UNI's published
-figure in parentheses where one exists (arXiv 2308.15474).</p>
+figure in parentheses where one exists (arXiv 2308.15474). Few-shot rows differ: the mean
+over episodes at the largest K per class that the training set allows, with the 2.5-97.5%
+spread over episodes; the whole curve is plotted below.</p>
 {_metric_table(summary)}
 {curves}
 {_skipped(skipped)}
