@@ -24,6 +24,7 @@ __all__ = [
     "path_sha256",
     "to_jsonable",
     "write_json",
+    "write_parquet",
     "write_sidecar",
 ]
 
@@ -102,6 +103,23 @@ def write_json(path: str | os.PathLike[str], payload: Any) -> None:
     text = json.dumps(to_jsonable(payload), indent=2, sort_keys=True, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_parquet(frame: Any, path: str | os.PathLike[str]) -> None:
+    """Write a DataFrame or pyarrow Table as parquet, atomically and byte-stable.
+
+    Schema metadata (pandas' index description) and column statistics are left out, so
+    equal tables give equal bytes on rerun.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = (
+        frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    )
+    table = table.replace_schema_metadata(None)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=False)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

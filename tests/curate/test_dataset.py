@@ -11,7 +11,7 @@ from PIL import Image
 
 from unipipe.curate.dataset import INDEX_COLUMNS, INDEX_DTYPES, run_build_dataset
 from unipipe.curate.shards import PatchDataset, ShardParams, run_write_shards
-from unipipe.curate.tiling import write_parquet
+from unipipe.provenance import write_parquet
 from unipipe.slide import open_slide
 
 

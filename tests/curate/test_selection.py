@@ -21,8 +21,9 @@ from unipipe.curate.selection import (
     run_select_patches,
     select_rows,
 )
-from unipipe.curate.tiling import grid_origins, mask_fractions, write_parquet
+from unipipe.curate.tiling import grid_origins, mask_fractions
 from unipipe.errors import ConfigError
+from unipipe.provenance import write_parquet
 from unipipe.slide import open_slide
 
 

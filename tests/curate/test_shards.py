@@ -14,9 +14,8 @@ import zarr
 from unipipe.curate import shards
 from unipipe.curate.shard_index import FastShardArray
 from unipipe.curate.shards import PatchDataset, ShardParams, run_write_shards
-from unipipe.curate.tiling import write_parquet
 from unipipe.errors import ConfigError, UnipipeError
-from unipipe.provenance import path_sha256
+from unipipe.provenance import path_sha256, write_parquet
 from unipipe.slide import open_slide
 
 

@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from tests.conftest import RESOURCES, SLIDES
-from tests.workflow.test_dag import make_workdir, snakemake
+from tests.workflow.dag import make_workdir, snakemake
 
 
 def _tiff_without_mpp(path):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, SLIDES
-from tests.workflow.test_dag import make_workdir, planned_rules
+from tests.workflow.dag import make_workdir, planned_rules
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -139,10 +139,6 @@ def get_slide_input(wildcards):
     return [path] if Path(path).exists() else []
 
 
-def curate_dir(slide="{slide}"):
-    return f"{RESULTS}/curate/{slide}"
-
-
 CURATE_GROUP = "curate_slide" if config["execution"]["group_curation"] else None
 
 PRETRAIN_RUN = config["pretrain"]["run"]

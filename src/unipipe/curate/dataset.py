@@ -14,8 +14,7 @@ import zarr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from unipipe.curate.tiling import write_parquet
-from unipipe.provenance import atomic_path, write_sidecar
+from unipipe.provenance import atomic_path, write_parquet, write_sidecar
 
 logger = logging.getLogger(__name__)
 

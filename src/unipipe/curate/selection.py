@@ -14,9 +14,8 @@ from sklearn.cluster import KMeans
 
 from unipipe.curate.features import FEATURE_NAMES, patch_features
 from unipipe.curate.mosaic import write_mosaic
-from unipipe.curate.tiling import write_parquet
 from unipipe.errors import ConfigError
-from unipipe.provenance import write_sidecar
+from unipipe.provenance import write_parquet, write_sidecar
 from unipipe.slide import open_slide
 
 logger = logging.getLogger(__name__)

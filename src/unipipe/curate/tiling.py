@@ -11,13 +11,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from unipipe.curate.artefacts import ARTEFACT_CLASSES, blur_score
 from unipipe.errors import ConfigError, SlideError
-from unipipe.provenance import atomic_path, write_sidecar
+from unipipe.provenance import write_parquet, write_sidecar
 from unipipe.slide import open_slide
 
 logger = logging.getLogger(__name__)
@@ -30,7 +28,6 @@ __all__ = [
     "read_mask",
     "run_tile_slide",
     "tile_slide",
-    "write_parquet",
 ]
 
 # Highest code of the artefact class mask that is not an artefact (1 = clean tissue).
@@ -190,13 +187,6 @@ def mask_fractions(
     y1 = np.clip(np.floor((ys + footprint_px) * sy + 0.5).astype(np.int64), y0 + 1, h)
     inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
     return inside / ((x1 - x0) * (y1 - y0))
-
-
-def write_parquet(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write ``frame`` with pyarrow, atomically, without pandas metadata (byte-stable)."""
-    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=False)
 
 
 def _artefact_classes() -> dict[str, int]:

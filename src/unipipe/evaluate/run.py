@@ -11,14 +11,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from unipipe.config import build_params
 from unipipe.errors import ConfigError
 from unipipe.evaluate.features import RoiFeatures, read_roi_features
 from unipipe.evaluate.metrics import bootstrap_mean_ci, compute_metrics
 from unipipe.evaluate.protocols import ProtocolOutput, get_protocol
-from unipipe.provenance import atomic_path, to_jsonable, write_json, write_sidecar
+from unipipe.provenance import to_jsonable, write_json, write_parquet, write_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +79,7 @@ def write_predictions(
     }
     for c, name in enumerate(feats.label_names):
         columns[f"prob_{name}"] = pa.array(output.probs[:, c].astype(np.float64))
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table(columns), tmp)
+    write_parquet(pa.table(columns), path)
 
 
 def _summarise(

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from unipipe.config import build_params
 from unipipe.errors import ConfigError
@@ -21,7 +20,7 @@ from unipipe.evaluate.features import read_bag
 from unipipe.evaluate.metrics import compute_metrics
 from unipipe.evaluate.prototypes import MiSimpleShotParams, fit_prototypes, predict_prototypes
 from unipipe.evaluate.run import DEFAULT_METRICS, BootstrapParams, _finite_or_none
-from unipipe.provenance import atomic_path, write_json, write_sidecar
+from unipipe.provenance import write_json, write_parquet, write_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +136,7 @@ def _write_heatmaps(
     table = pa.table({"slide_id": pa.array(ids, pa.string()), "patch": cat(patch, np.int64),
                       "x": cat(xs, np.int64), "y": cat(ys, np.int64),
                       "score": cat(values, np.float64)})  # fmt: skip
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    write_parquet(table, path)
 
 
 def _cohort_scores(
@@ -245,8 +243,7 @@ def run_evaluate_slides(
     }
     for c, name in enumerate(classes):
         columns[f"prob_{name}"] = pa.array(probs[:, c])
-    with atomic_path(predictions_parquet) as tmp:
-        pq.write_table(pa.table(columns), tmp)
+    write_parquet(pa.table(columns), predictions_parquet)
     if heatmaps_parquet is not None:
         test_rows = np.flatnonzero(is_test)
         _write_heatmaps(heatmaps_parquet, [str(table["slide_id"][i]) for i in test_rows],
