@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 import zarr
 
 from unipipe.curate import shards
+from unipipe.curate.jpeg_codec import CODEC_NAME
 from unipipe.curate.shard_index import FastShardArray
 from unipipe.curate.shards import PatchDataset, ShardParams, run_write_shards
 from unipipe.errors import ConfigError, UnipipeError
@@ -66,6 +69,10 @@ def _write(slide_path: Path, out: Path, selected: pd.DataFrame, params: ShardPar
         ("compressor", "lz4"),
         ("level", 30),
         ("level", 12),  # fine for zstd, not for blosc below
+        ("jpeg_quality", 0),
+        ("jpeg_quality", 101),
+        ("jpeg_quality", 90.0),
+        ("jpeg_quality", True),
     ],
 )
 def test_shardparams_rejects_bad_values(field: str, value) -> None:
@@ -114,12 +121,16 @@ def test_run_write_shards_several_specs(svs_path: Path, tmp_path: Path) -> None:
         PatchDataset([store], spec="128px_0.5mpp")
 
 
-def test_run_write_shards_rerun_byte_identical(svs_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("compressor", ["zstd", "jpeg"])
+def test_run_write_shards_rerun_byte_identical(
+    compressor: str, svs_path: Path, tmp_path: Path
+) -> None:
     """A rerun writes the same shard files, metadata and sidecar, byte for byte."""
     selected = _selected(svs_path, [(256, 0.5)], 10)
-    store = _write(svs_path, tmp_path, selected, ShardParams(patches_per_shard=4))
+    params = ShardParams(patches_per_shard=4, compressor=compressor)
+    store = _write(svs_path, tmp_path, selected, params)
     first = (path_sha256(store), (tmp_path / "shards.json").read_bytes())
-    _write(svs_path, tmp_path, selected, ShardParams(patches_per_shard=4))
+    _write(svs_path, tmp_path, selected, params)
     assert (path_sha256(store), (tmp_path / "shards.json").read_bytes()) == first
 
 
@@ -156,6 +167,7 @@ def test_run_write_shards_leaves_nothing_on_failure(
         ShardParams(compressor="zstd", level=3),
         ShardParams(compressor="blosc", level=5),
         ShardParams(compressor="none"),
+        ShardParams(compressor="jpeg", jpeg_quality=80),
     ],
 )
 def test_fast_shard_array_matches_zarr(svs_path: Path, tmp_path: Path, params) -> None:
@@ -174,7 +186,96 @@ def test_fast_shard_array_matches_zarr(svs_path: Path, tmp_path: Path, params) -
 
 
 def _codec(params: ShardParams) -> dict:
-    return {"compressor": params.compressor, "level": params.level}
+    return {
+        "compressor": params.compressor,
+        "level": params.level,
+        "jpeg_quality": params.jpeg_quality,
+    }
+
+
+def _psnr_db(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of uint8 images (peak 255), in dB."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255**2 / mse))
+
+
+@pytest.mark.parametrize("slide_fixture", ["svs_path", "ome_tiff_path"])
+def test_run_write_shards_jpeg_close_and_small(
+    slide_fixture: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """At quality 90 JPEG patches are within 35 dB PSNR of direct reads, in < 25% of raw bytes.
+
+    Measured here: pooled PSNR 37.0 dB (CMU-1) and 37.6 dB (OS-1), worst patch 32.0 dB;
+    bytes/raw 0.11 and 0.18.
+    """
+    slide_path = request.getfixturevalue(slide_fixture)
+    selected = _selected(slide_path, [(256, 0.5)], 12)
+    store = _write(
+        slide_path, tmp_path, selected, ShardParams(patches_per_shard=4, compressor="jpeg")
+    )
+
+    inner = json.loads((store / "patches" / "zarr.json").read_text())["codecs"][0]
+    assert inner["configuration"]["codecs"] == [
+        {"name": CODEC_NAME, "configuration": {"quality": 90, "subsampling": "444"}}
+    ]
+    patches = zarr.open_array(store / "patches", mode="r")[:]
+    with open_slide(slide_path, slide_id="s1") as slide:
+        direct = np.stack(
+            [
+                slide.read_region(x, y, 256, 0.5)
+                for x, y in selected[["x", "y"]].itertuples(index=False)
+            ]
+        )
+    assert not np.array_equal(patches, direct)  # lossy: a silent lossless fallback would pass below
+    assert _psnr_db(patches, direct) > 35
+    assert min(_psnr_db(p, d) for p, d in zip(patches, direct, strict=True)) > 30
+    stored_bytes = sum(f.stat().st_size for f in (store / "patches" / "c").iterdir())
+    assert stored_bytes / direct.nbytes < 0.25
+
+
+def test_jpeg_store_opens_in_fresh_process(svs_path: Path, tmp_path: Path) -> None:
+    """Plain zarr.open in a new process reads a JPEG store after importing unipipe, not before."""
+    selected = _selected(svs_path, [(256, 0.5)], 5)
+    store = _write(
+        svs_path, tmp_path, selected, ShardParams(patches_per_shard=4, compressor="jpeg")
+    )
+    np.save(tmp_path / "expected.npy", zarr.open_array(store / "patches", mode="r")[:])
+    script = (
+        "import sys, numpy as np\n"
+        "{imports}\n"
+        "patches = zarr.open(sys.argv[1], mode='r')['patches']\n"
+        "np.testing.assert_array_equal(patches[:], np.load(sys.argv[2]))\n"
+    )
+    args = [str(store), str(tmp_path / "expected.npy")]
+
+    with_unipipe = "import unipipe.curate.shards, zarr"
+    done = subprocess.run(
+        [sys.executable, "-c", script.format(imports=with_unipipe), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run(
+        [sys.executable, "-c", script.format(imports="import zarr"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert CODEC_NAME in done.stderr  # zarr names the codec it does not know
+
+
+def test_patchdataset_reads_jpeg_store_directly(svs_path: Path, tmp_path: Path) -> None:
+    """PatchDataset reads a JPEG store through the shard index, equal to zarr-python's reads."""
+    selected = _selected(svs_path, [(256, 0.5)], 6)
+    store = _write(
+        svs_path, tmp_path, selected, ShardParams(patches_per_shard=4, compressor="jpeg")
+    )
+    fast, slow = PatchDataset([store]), PatchDataset([store], fast=False)
+    for i in range(6):
+        np.testing.assert_array_equal(fast[i], slow[i])
+    assert isinstance(fast._reader(0), FastShardArray)  # not the zarr-python fallback
 
 
 def test_patchdataset_metadata_and_reads(svs_path: Path, tmp_path: Path) -> None:

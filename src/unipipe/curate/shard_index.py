@@ -13,6 +13,8 @@ import google_crc32c
 import numcodecs
 import numpy as np
 
+from unipipe.curate.jpeg_codec import CODEC_NAME as JPEG_CODEC_NAME
+from unipipe.curate.jpeg_codec import jpeg_decode_into
 from unipipe.errors import UnipipeError
 
 logger = logging.getLogger(__name__)
@@ -22,12 +24,17 @@ __all__ = ["FastShardArray", "ShardLayoutError"]
 _EMPTY = np.uint64(2**64 - 1)  # offset and nbytes of a chunk that was never written
 _CRC_BYTES = 4
 
-# Inner compressors this reader decodes itself, as (codec config -> decode(raw, out=array));
-# anything else falls back to zarr-python.
+# Inner codecs this reader decodes itself, as (codec config -> decode(raw, out=array)):
+# compressors that follow the raw "bytes" serializer, and serializers that replace it (whose
+# decoder also restores the pixel layout). Anything else falls back to zarr-python.
 Decoder = Callable[..., Any]
 _DECODERS: dict[str, Callable[[dict[str, Any]], Decoder]] = {
     "zstd": lambda cfg: numcodecs.Zstd().decode,
     "blosc": lambda cfg: numcodecs.Blosc().decode,
+}
+_SERIALIZERS: dict[str, Callable[[dict[str, Any]], Decoder]] = {
+    # The same call zarr-python makes through JpegCodec, so both readers agree bit for bit.
+    JPEG_CODEC_NAME: lambda cfg: jpeg_decode_into,
 }
 
 
@@ -81,6 +88,8 @@ class FastShardArray:
         ):
             raise ShardLayoutError(f"{self.array_dir}: unsupported shard layout {cfg}")
         inner = cfg["codecs"]
+        if len(inner) == 1 and inner[0]["name"] in _SERIALIZERS:
+            return shard_shape, _SERIALIZERS[inner[0]["name"]](inner[0].get("configuration", {}))
         if not inner or inner[0]["name"] != "bytes" or len(inner) > 2:
             raise ShardLayoutError(f"{self.array_dir}: unsupported inner codecs {inner}")
         if len(inner) == 1:

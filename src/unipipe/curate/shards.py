@@ -15,6 +15,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from unipipe.curate.jpeg_codec import DEFAULT_QUALITY, JpegCodec, is_quality
 from unipipe.curate.shard_index import FastShardArray, ShardLayoutError
 from unipipe.curate.tiling import TileSpec
 from unipipe.errors import ConfigError, UnipipeError
@@ -33,15 +34,19 @@ __all__ = [
     "write_store",
 ]
 
-Compressor = Literal["zstd", "blosc", "none"]
+Compressor = Literal["zstd", "blosc", "none", "jpeg"]
 
-# name -> (level -> zarr compressor list); "none" stores raw bytes.
-COMPRESSORS: dict[str, Callable[[int], list[Any]]] = {
-    "zstd": lambda level: [ZstdCodec(level=level)],
-    "blosc": lambda level: [BloscCodec(cname="zstd", clevel=level, shuffle="bitshuffle")],
-    "none": lambda level: [],
+# name -> (params -> (zarr serializer, zarr compressor list)) of each patch chunk. "none"
+# stores raw bytes; "jpeg" (lossy) replaces the raw-bytes serializer by one JPEG per patch.
+COMPRESSORS: dict[str, Callable[[ShardParams], tuple[Any, list[Any]]]] = {
+    "zstd": lambda p: ("auto", [ZstdCodec(level=p.level)]),
+    "blosc": lambda p: ("auto", [BloscCodec(cname="zstd", clevel=p.level, shuffle="bitshuffle")]),
+    "none": lambda p: ("auto", []),
+    "jpeg": lambda p: (JpegCodec(quality=p.jpeg_quality), []),
 }
+# ``level`` means nothing to "none" and "jpeg"; any small int is accepted there.
 _LEVELS = {"zstd": range(-7, 23), "blosc": range(0, 10), "none": range(-7, 23)}
+_LEVELS["jpeg"] = _LEVELS["none"]
 
 # Per-patch arrays stored next to ``patches`` (name -> dtype), in selected.parquet columns.
 _PER_PATCH = {
@@ -64,13 +69,17 @@ class ShardParams:
 
     Attributes:
         patches_per_shard: patches per shard file (one chunk per patch inside it).
-        compressor: inner chunk codec; one of ``COMPRESSORS``.
-        level: compression level (zstd: -7..22, blosc: 0..9; ignored by "none").
+        compressor: inner chunk codec; one of ``COMPRESSORS``. zstd, blosc and none are
+            lossless; jpeg stores each patch as a baseline JPEG (4:4:4 chroma, codec
+            ``unipipe.jpeg`` of ``unipipe.curate.jpeg_codec``), lossy, several times smaller.
+        level: compression level (zstd: -7..22, blosc: 0..9; ignored by "none" and "jpeg").
+        jpeg_quality: JPEG quality factor 1..100, used by "jpeg" only.
     """
 
     patches_per_shard: int = 64
     compressor: Compressor = "zstd"
     level: int = 3
+    jpeg_quality: int = DEFAULT_QUALITY
 
     def __post_init__(self) -> None:
         n = self.patches_per_shard
@@ -87,6 +96,10 @@ class ShardParams:
                 f"curate.shards.level {self.level!r} is out of range for {self.compressor} "
                 f"({levels.start}..{levels.stop - 1})"
             )
+        if not is_quality(self.jpeg_quality):
+            raise ConfigError(
+                f"curate.shards.jpeg_quality must be an int in 1..100, got {self.jpeg_quality!r}"
+            )
 
 
 def _write_spec(
@@ -94,13 +107,15 @@ def _write_spec(
 ) -> None:
     """Write one spec's arrays; patches go in whole shard-aligned blocks."""
     n, side, per_shard = len(rows), spec.size_px, params.patches_per_shard
+    serializer, compressors = COMPRESSORS[params.compressor](params)
     patches = group.create_array(
         "patches",
         shape=(n, side, side, 3),
         dtype=np.uint8,
         chunks=(1, side, side, 3),
         shards=(per_shard, side, side, 3),
-        compressors=COMPRESSORS[params.compressor](params.level),
+        serializer=serializer,
+        compressors=compressors,
         fill_value=0,
         config={"write_empty_chunks": True},
     )
