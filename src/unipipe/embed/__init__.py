@@ -3,7 +3,7 @@
 from unipipe.embed.datasets import DATASET_ADAPTERS, build_dataset
 from unipipe.embed.encoders import ENCODER_KINDS, resolve_encoder
 from unipipe.embed.rois import run_embed_rois
-from unipipe.embed.slides import run_embed_slide
+from unipipe.embed.slides import run_embed_slide, run_embed_wsi
 
 __all__ = [
     "DATASET_ADAPTERS",
@@ -12,4 +12,5 @@ __all__ = [
     "resolve_encoder",
     "run_embed_rois",
     "run_embed_slide",
+    "run_embed_wsi",
 ]

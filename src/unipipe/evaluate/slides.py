@@ -6,11 +6,10 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from unipipe.config import build_params
@@ -20,21 +19,20 @@ from unipipe.evaluate.features import read_bag
 from unipipe.evaluate.metrics import compute_metrics
 from unipipe.evaluate.prototypes import MiSimpleShotParams, fit_prototypes, predict_prototypes
 from unipipe.evaluate.run import DEFAULT_METRICS, BootstrapParams, _finite_or_none
+from unipipe.evaluate.slide_manifest import MANIFEST_NAME, read_slide_manifest
 from unipipe.provenance import write_json, write_parquet, write_sidecar
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MANIFEST_NAME",
+    "SLIDE_PARAM_SECTIONS",
     "SLIDE_PROTOCOLS",
     "SlideSplitParams",
+    "bag_size_l0",
     "read_slide_manifest",
     "run_evaluate_slides",
 ]
-
-# The slide_bags adapter reads {task path}/slides.csv.
-MANIFEST_NAME = "slides.csv"
-_COLUMNS = ("slide_id", "label", "split", "features_h5")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,19 +53,13 @@ class SlideSplitParams:
             )
 
 
-def read_slide_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """slides.csv: slide_id, label (class name), split, features_h5 (relative to the CSV).
-
-    An optional ``cohort`` column (e.g. ``tcga``, ``cptac``) adds per-cohort test metrics
-    (``by_cohort`` in metrics.json), as UNI reports in-domain and external test sets.
-    """
-    table = pd.read_csv(path, dtype={"slide_id": str, "label": str, "split": str, "cohort": str})
-    missing = sorted(set(_COLUMNS) - set(table.columns))
-    if missing:
-        raise ConfigError(f"{os.fspath(path)} lacks columns {missing}; needs {list(_COLUMNS)}")
-    root = Path(path).resolve().parent
-    table["features_h5"] = [str(root / p) for p in table["features_h5"]]
-    return table.sort_values("slide_id", kind="stable").reset_index(drop=True)
+# Sections of evaluate.params the slide stage reads -> the dataclass each is built into;
+# the workflow builds them at start-up so a typo fails before any slide is embedded.
+SLIDE_PARAM_SECTIONS = {
+    "abmil": AbmilParams,
+    "mi_simpleshot": MiSimpleShotParams,
+    "slides": SlideSplitParams,
+}
 
 
 def _hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -119,23 +111,45 @@ def _mi_simpleshot(
 SLIDE_PROTOCOLS = {"abmil": _abmil, "mi_simpleshot": _mi_simpleshot}
 
 
+def bag_size_l0(path: str | os.PathLike[str]) -> int:
+    """Patch side in level-0 px recorded in a bag, or -1 when the file does not say.
+
+    Read from the ``size_l0`` attribute unipipe writes, else TRIDENT's ``patch_size_level0``
+    on ``coords``, else CLAM's ``patch_size`` on ``coords`` when ``patch_level`` is 0.
+    """
+    with h5py.File(path, "r") as h5:
+        if "size_l0" in h5.attrs:
+            return int(h5.attrs["size_l0"])
+        coords = h5["coords"].attrs if "coords" in h5 else {}
+        if "patch_size_level0" in coords:
+            return int(coords["patch_size_level0"])
+        if "patch_size" in coords and int(coords.get("patch_level", -1)) == 0:
+            return int(coords["patch_size"])
+    return -1
+
+
 def _write_heatmaps(
-    path: str | os.PathLike[str], slide_ids: list[str], bags: list[Any], scores: list[np.ndarray]
+    path: str | os.PathLike[str],
+    slide_ids: list[str],
+    bags: list[Any],
+    scores: list[np.ndarray],
+    sizes_l0: list[int],
 ) -> None:
-    """One row per test patch: slide_id, patch index, level-0 x, y and its score."""
-    ids, patch, xs, ys, values = [], [], [], [], []
-    for slide_id, bag, score in zip(slide_ids, bags, scores, strict=True):
+    """One row per test patch: slide_id, patch index, level-0 x, y, side size_l0 and score."""
+    ids, patch, xs, ys, sides, values = [], [], [], [], [], []
+    for slide_id, bag, score, side in zip(slide_ids, bags, scores, sizes_l0, strict=True):
         n = len(score)
         coords = bag.coords if bag.coords is not None else np.full((n, 2), -1, np.int64)
         ids += [slide_id] * n
         patch.append(np.arange(n))
         xs.append(coords[:, 0])
         ys.append(coords[:, 1])
+        sides.append(np.full(n, side, np.int64))
         values.append(np.asarray(score, dtype=np.float64))
     cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
     table = pa.table({"slide_id": pa.array(ids, pa.string()), "patch": cat(patch, np.int64),
                       "x": cat(xs, np.int64), "y": cat(ys, np.int64),
-                      "score": cat(values, np.float64)})  # fmt: skip
+                      "size_l0": cat(sides, np.int64), "score": cat(values, np.float64)})  # fmt: skip
     write_parquet(table, path)
 
 
@@ -183,15 +197,27 @@ def run_evaluate_slides(
         encoder_name: the encoder that produced the bags (recorded in metrics.json).
         protocol: a key of ``SLIDE_PROTOCOLS`` (``abmil`` or ``mi_simpleshot``).
         heatmaps_parquet: optional per-patch scores of the test slides: slide_id, patch,
-            x, y (level 0, -1 when the bag has no coords) and score (ABMIL attention, or
-            MI-SimpleShot similarity to the predicted class's prototype).
+            x, y (level 0, -1 when the bag has no coords), size_l0 (patch side in level-0
+            px, -1 when the bag does not record it; see ``bag_size_l0``) and score (ABMIL
+            attention, or MI-SimpleShot similarity to the predicted class's prototype).
+
+    Raises:
+        ConfigError: the manifest has slide_path rows (WSIs not embedded yet): evaluate the
+            per-encoder manifest the workflow writes, results/embed/{encoder}/{task}/slides.csv.
     """
     params = dict(params or {})
     if protocol not in SLIDE_PROTOCOLS:
         raise ConfigError(f"slide protocol {protocol!r}; known: {sorted(SLIDE_PROTOCOLS)}")
     split_params = build_params(SlideSplitParams, params.get("slides"), "evaluate.slides")
     boot = build_params(BootstrapParams, params.get("bootstrap"), "evaluate.bootstrap")
-    table = read_slide_manifest(manifest_csv)
+    table = read_slide_manifest(manifest_csv, encoder=encoder_name or None)
+    unembedded = table["slide_id"][table["features_h5"] == ""].tolist()
+    if unembedded:
+        raise ConfigError(
+            f"{os.fspath(manifest_csv)}: slide(s) {unembedded[:5]} have a slide_path but no "
+            "features_h5; embed them first (the workflow writes results/embed/{encoder}/"
+            "{task}/slides.csv with every bag) and evaluate that manifest"
+        )
     classes = list(task.get("classes") or sorted(table["label"].unique()))
     lookup = {c: i for i, c in enumerate(classes)}
     table = table[table["label"].isin(lookup)].reset_index(drop=True)
@@ -231,7 +257,7 @@ def run_evaluate_slides(
         record[name] = _finite_or_none(s["value"])
         record[f"{name}_ci_low"] = _finite_or_none(s["ci_low"])
         record[f"{name}_ci_high"] = _finite_or_none(s["ci_high"])
-    if "cohort" in table.columns:
+    if (table["cohort"] != "").any():
         record["by_cohort"] = _cohort_scores(table["cohort"][is_test].astype(str).to_numpy(),
                                              y_test, pred, probs, names, boot, seed)  # fmt: skip
     write_json(metrics_json, record)
@@ -247,7 +273,8 @@ def run_evaluate_slides(
     if heatmaps_parquet is not None:
         test_rows = np.flatnonzero(is_test)
         _write_heatmaps(heatmaps_parquet, [str(table["slide_id"][i]) for i in test_rows],
-                        [loaded[i] for i in test_rows], fitted["heatmaps"])  # fmt: skip
+                        [loaded[i] for i in test_rows], fitted["heatmaps"],
+                        [bag_size_l0(table["features_h5"][i]) for i in test_rows])  # fmt: skip
     write_sidecar(sidecar, stage="evaluate_slides", params={"protocol": protocol, "protocol_params": fitted["params"], "slides": split_params,
                   "bootstrap": boot, "seed": seed, "task": dict(task)},
                   inputs=[manifest_csv, *table["features_h5"]])  # fmt: skip

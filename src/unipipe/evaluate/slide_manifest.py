@@ -1,0 +1,203 @@
+"""slides.csv of the slide_bags adapter: each slide's label, split, case and where its bag is."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from unipipe.errors import ConfigError
+from unipipe.provenance import atomic_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ENCODER_PLACEHOLDER",
+    "MANIFEST_NAME",
+    "read_slide_manifest",
+    "write_bag_manifest",
+]
+
+# The slide_bags adapter reads {task path}/slides.csv.
+MANIFEST_NAME = "slides.csv"
+# Replaced by the encoder's config name in features_h5, so each encoder reads its own bags.
+ENCODER_PLACEHOLDER = "{encoder}"
+_REQUIRED = ("slide_id", "label", "split")
+_SOURCES = ("features_h5", "slide_path")
+_OPTIONAL = ("cohort", "case_id", "mpp")
+# Slide ids name output files (results/embed/.../slides/{slide_id}.h5).
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def _where(csv: str, row: int, slide_id: str) -> str:
+    """``slides.csv line 5 (slide 'x')``: CSV line numbers count the header as line 1."""
+    return f"{csv} line {row + 2} (slide {slide_id!r})"
+
+
+def _check_columns(table: pd.DataFrame, csv: str) -> None:
+    missing = [c for c in _REQUIRED if c not in table.columns]
+    if missing:
+        raise ConfigError(
+            f"{csv} lacks column(s) {missing}; a slide_bags manifest needs slide_id, label, "
+            "split and, per row, features_h5 (a feature bag) or slide_path (a WSI)"
+        )
+    if not any(c in table.columns for c in _SOURCES):
+        raise ConfigError(
+            f"{csv} has neither a features_h5 nor a slide_path column; add one of them "
+            "(features_h5: a prebuilt CLAM/TRIDENT bag, slide_path: a WSI the workflow embeds)"
+        )
+
+
+def _check_ids(table: pd.DataFrame, csv: str) -> None:
+    for row, rec in table.iterrows():
+        for column in _REQUIRED:
+            if not rec[column]:
+                raise ConfigError(f"{_where(csv, row, rec['slide_id'])}: empty {column}")
+        if not _SAFE_ID.match(rec["slide_id"]):
+            raise ConfigError(
+                f"{_where(csv, row, rec['slide_id'])}: slide_id may hold only letters, digits, "
+                "'.', '_' and '-' (it names output files); rename it"
+            )
+    duplicated = sorted(set(table["slide_id"][table["slide_id"].duplicated()]))
+    if duplicated:
+        raise ConfigError(f"{csv}: slide_id(s) {duplicated} appear more than once")
+
+
+def _check_sources(table: pd.DataFrame, csv: str, encoder: str | None, root: Path) -> None:
+    """Exactly one of features_h5 / slide_path per row, and the file it names exists."""
+    for row, rec in table.iterrows():
+        where = _where(csv, row, rec["slide_id"])
+        bag, wsi = rec["features_h5"], rec["slide_path"]
+        if bool(bag) == bool(wsi):
+            raise ConfigError(
+                f"{where}: give either features_h5 (a prebuilt bag) or slide_path (a WSI to "
+                f"embed), {'not both' if bag else 'one of them'}"
+            )
+        if wsi and not (root / wsi).exists():
+            raise ConfigError(f"{where}: slide_path {root / wsi} does not exist; fix the path")
+        if bag and (encoder is not None or ENCODER_PLACEHOLDER not in bag):
+            resolved = root / bag.replace(ENCODER_PLACEHOLDER, encoder or "")
+            if not resolved.is_file():
+                raise ConfigError(
+                    f"{where}: features_h5 {resolved} does not exist"
+                    + (f" for encoder {encoder!r}" if ENCODER_PLACEHOLDER in bag else "")
+                    + "; fix the path or extract that bag"
+                )
+
+
+def _parse_mpp(table: pd.DataFrame, csv: str) -> np.ndarray:
+    values = np.full(len(table), np.nan)
+    for row, rec in table.iterrows():
+        if not rec["mpp"]:
+            continue
+        try:
+            values[row] = float(rec["mpp"])
+        except ValueError:
+            values[row] = np.nan
+        if not values[row] > 0:
+            raise ConfigError(
+                f"{_where(csv, row, rec['slide_id'])}: mpp {rec['mpp']!r} is not a positive "
+                "number of µm per level-0 pixel"
+            )
+    return values
+
+
+def _check_cases(table: pd.DataFrame, csv: str) -> None:
+    """A patient's slides must share one split, else test slides leak into training."""
+    cased = table[table["case_id"] != ""]
+    for case, rows in cased.groupby("case_id", sort=True):
+        splits = sorted(set(rows["split"]))
+        if len(splits) > 1:
+            raise ConfigError(
+                f"{csv}: case {case!r} has slides in splits {splits} "
+                f"({', '.join(rows['slide_id'])}); slide tasks split by patient, so put all "
+                "of a case's slides in one split"
+            )
+
+
+def read_slide_manifest(
+    path: str | os.PathLike[str], *, encoder: str | None = None
+) -> pd.DataFrame:
+    """Read and check a slide_bags manifest (slides.csv).
+
+    Columns: slide_id, label (class name), split; per row either features_h5 (a prebuilt
+    CLAM/TRIDENT bag, relative to the CSV; ``{encoder}`` in it is replaced by the encoder's
+    name) or slide_path (a WSI relative to the CSV, embedded by the workflow), with optional
+    mpp (level-0 µm/px of that WSI); optional cohort (per-cohort test metrics) and case_id
+    (patient: all of a case's slides must be in one split).
+
+    Args:
+        path: the CSV.
+        encoder: the encoder whose bags are meant; None leaves ``{encoder}`` in place and
+            skips the existence check of those bags.
+
+    Returns:
+        One row per slide, sorted by slide_id: slide_id, label, split, features_h5 and
+        slide_path (absolute, "" where the row has none), mpp (NaN where not given), cohort
+        and case_id ("" where not given).
+
+    Raises:
+        ConfigError: naming the CSV and line for a missing column, a row with neither or
+            both sources, a missing file, a bad mpp, a repeated slide_id, or a case found in
+            more than one split.
+    """
+    csv = os.fspath(path)
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table.columns = [str(c).strip() for c in table.columns]
+    _check_columns(table, csv)
+    for column in (*_SOURCES, *_OPTIONAL):
+        if column not in table.columns:
+            table[column] = ""
+    table = table.apply(lambda col: col.str.strip() if col.dtype == object else col)
+    root = Path(path).resolve().parent
+
+    _check_ids(table, csv)
+    _check_sources(table, csv, encoder, root)
+    table["mpp"] = _parse_mpp(table, csv)
+    _check_cases(table, csv)
+
+    bags = table["features_h5"].str.replace(ENCODER_PLACEHOLDER, encoder or ENCODER_PLACEHOLDER)
+    table["features_h5"] = [str(root / b) if b else "" for b in bags]
+    table["slide_path"] = [str(root / p) if p else "" for p in table["slide_path"]]
+    return table.sort_values("slide_id", kind="stable").reset_index(drop=True)
+
+
+def write_bag_manifest(
+    task_csv: str | os.PathLike[str],
+    out_csv: str | os.PathLike[str],
+    *,
+    encoder: str,
+    bags: Mapping[str, str | os.PathLike[str]],
+) -> None:
+    """Write one encoder's manifest of a task: every row's features_h5 names that encoder's bag.
+
+    Rows of ``task_csv`` with a features_h5 keep it (``{encoder}`` resolved); rows with a
+    slide_path take ``bags[slide_id]``, the bag the workflow embedded from that WSI. Paths
+    are written relative to ``out_csv``; slide_path and mpp are left out, so the result is
+    a plain features_h5 manifest that ``run_evaluate_slides`` reads.
+
+    Args:
+        task_csv: the task's slides.csv.
+        out_csv: e.g. results/embed/{encoder}/{task}/slides.csv.
+        encoder: the encoder's config name.
+        bags: slide_id -> embedded bag h5, for the slide_path rows.
+    """
+    table = read_slide_manifest(task_csv, encoder=encoder)
+    embedded = table["slide_path"] != ""
+    lacking = sorted(set(table["slide_id"][embedded]) - set(bags))
+    if lacking:
+        raise ConfigError(f"{os.fspath(task_csv)}: no embedded bag given for slide(s) {lacking}")
+    table.loc[embedded, "features_h5"] = [os.fspath(bags[s]) for s in table["slide_id"][embedded]]
+    base = Path(out_csv).resolve().parent
+    table["features_h5"] = [os.path.relpath(Path(p).resolve(), base) for p in table["features_h5"]]
+    columns = ["slide_id", "label", "split", "features_h5"]
+    columns += [c for c in ("cohort", "case_id") if (table[c] != "").any()]
+    with atomic_path(out_csv) as tmp:
+        table[columns].to_csv(tmp, index=False)
+    logger.info("%s: %s slides for encoder %s (%s embedded here)", out_csv, len(table), encoder,
+                int(embedded.sum()))  # fmt: skip
