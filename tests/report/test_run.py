@@ -174,3 +174,77 @@ def test_uni_figure_respects_img_size() -> None:
     assert uni_figure(bach, "linear", "balanced_accuracy", img_size=448) == 0.950
     assert uni_figure(bach, "linear", "balanced_accuracy") == 0.925
     assert uni_figure(None, "linear", "balanced_accuracy") is None
+
+
+def _slide_metrics(root: Path, encoder: str) -> Path:
+    """An ABMIL metrics.json on nsclc with TCGA and CPTAC cohorts, and two heatmap JPEGs."""
+    folder = root / "eval" / encoder / "nsclc" / "abmil"
+    (folder / "heatmaps").mkdir(parents=True)
+    cohort = lambda ba, n: {"n_test": n, "balanced_accuracy": ba,  # noqa: E731
+                            "balanced_accuracy_ci_low": ba - 0.1,
+                            "balanced_accuracy_ci_high": ba + 0.1}  # fmt: skip
+    record = {"encoder": encoder, "task": "nsclc", "protocol": "abmil", "img_size": None,
+              "n_train": 40, "n_test": 30, **cohort(0.8, 30),
+              "by_cohort": {"tcga": cohort(0.9, 20), "cptac": cohort(0.6, 10)}}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(record))
+    with zipfile.ZipFile(ZIP) as zf:
+        jpgs = sorted(n for n in zf.namelist() if n.endswith(".jpg"))[:2]
+        for slide, member in zip(("TCGA-1", "CPTAC-2"), jpgs, strict=True):
+            (folder / "heatmaps" / f"{slide}.jpg").write_bytes(zf.read(member))
+    return folder / "metrics.json"
+
+
+def _segmentation_metrics(root: Path) -> Path:
+    """A segmentation_probe metrics.json: Dice only, no interval."""
+    path = root / "eval" / "uni" / "segpath_epithelium" / "segmentation_probe" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"encoder": "uni", "task": "segpath_epithelium", "img_size": 224,
+                                "protocol": "segmentation_probe", "n_train": 8, "n_test": 4,
+                                "dice": 0.71}))  # fmt: skip
+    return path
+
+
+def _compare_json(root: Path) -> Path:
+    path = root / "eval" / "compare" / "crc100k" / "linear" / "random__vs__uni.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"task": "crc100k", "protocol": "linear", "encoder_a": "random",
+                                "encoder_b": "uni", "metric": "balanced_accuracy",
+                                "difference": -0.37, "p_value": 0.000999, "n_test": 60,
+                                "n_permutations": 1000}))  # fmt: skip
+    return path
+
+
+def test_run_report_cohort_rows_segmentation_heatmaps_comparisons(
+    report_inputs: dict, tmp_path: Path
+) -> None:
+    """Per-cohort rows with their UNI figure, Dice rows, heatmaps and comparisons all show."""
+    out = tmp_path / "report"
+    inputs = dict(report_inputs)
+    inputs["metrics_jsons"] = [*inputs["metrics_jsons"], _slide_metrics(tmp_path, "uni"),
+                               _segmentation_metrics(tmp_path)]  # fmt: skip
+    run_report(**inputs, out_dir=out, tasks_yaml=ROOT / "config" / "tasks.yaml",
+               compare_jsons=[_compare_json(tmp_path)])  # fmt: skip
+
+    table = pd.read_csv(out / "summary.csv")
+    nsclc = table[table.task == "nsclc"]
+    assert nsclc["cohort"].fillna("").tolist() == ["", "cptac", "tcga"]
+    assert nsclc["n_test"].tolist() == [30, 10, 20]
+    # UNI reports nsclc per cohort only: the pooled row has no figure to stand beside.
+    assert nsclc["uni_balanced_accuracy"].fillna(-1).tolist() == [-1, 0.889, 0.969]
+    assert table.loc[table.task == "segpath_epithelium", "dice"].tolist() == [0.71]
+    assert table.loc[table.task == "segpath_epithelium", "uni_dice"].tolist() == [0.827]
+
+    text = (out / "index.html").read_text()
+    assert "<th>cohort</th>" in text
+    assert "Heatmaps" in text
+    assert "nsclc / abmil / uni" in text
+    assert "Encoder comparisons" in text
+    assert "-0.370" in text
+    parser = _Links()
+    parser.feed(text)
+    heat = [link for link in parser.links if "heatmaps" in link]
+    assert "assets/heatmaps/uni/nsclc/abmil/TCGA-1.jpg" in heat
+    assert len(set(heat)) == 2
+    for link in parser.links:
+        if not link.startswith("#"):
+            assert (out / link).is_file(), link

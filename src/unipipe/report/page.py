@@ -73,11 +73,15 @@ def _metric_table(summary: pd.DataFrame) -> str:
     if summary.empty:
         return '<p class="missing">No evaluation results given.</p>'
     metrics = [m for m in SUMMARY_METRICS if m in summary.columns]
-    head = ["encoder", "task", "protocol", "img px", "n train", "n test"]
+    # The cohort column appears only when some run reports per-cohort test sets.
+    keys = ["encoder", "task", "protocol"]
+    if "cohort" in summary.columns and summary["cohort"].notna().any():
+        keys.append("cohort")
+    head = [*keys, "img px", "n train", "n test"]
     head += [f"{m} [95% CI] <span class='uni'>(UNI)</span>" for m in metrics]
     rows = []
     for rec in summary.to_dict("records"):
-        cells = [f"<td>{_fmt(rec.get(k))}</td>" for k in ("encoder", "task", "protocol")]
+        cells = [f"<td>{_fmt(rec.get(k))}</td>" for k in keys]
         cells += [f'<td class="num">{_fmt(rec.get(k))}</td>'
                   for k in ("img_size", "n_train", "n_test")]  # fmt: skip
         for m in metrics:
@@ -92,6 +96,42 @@ def _metric_table(summary: pd.DataFrame) -> str:
         rows.append("<tr>" + "".join(cells) + "</tr>")
     header = "".join(f"<th>{h}</th>" for h in head)
     return f"<table><tr>{header}</tr>\n" + "\n".join(rows) + "</table>"
+
+
+def _heatmaps(groups: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> str:
+    if not groups:
+        return ""
+    parts = [
+        "<h3 id='heatmaps'>Heatmaps</h3><p>Per-patch scores over each test slide's "
+        "thumbnail (ABMIL attention or MI-SimpleShot similarity), rescaled to the range "
+        "of that slide: red marks the patches that weigh most in its prediction.</p>"
+    ]
+    for title, images in groups:
+        figures = "".join(_figure(caption, src) for caption, src in images)
+        parts.append(f"<h4>{html.escape(title)}</h4><div class='row'>{figures}</div>")
+    return "\n".join(parts)
+
+
+def _comparisons(table: pd.DataFrame | None) -> str:
+    if table is None or table.empty:
+        return ""
+    head = ["task", "protocol", "encoder A", "encoder B", "metric", "A - B", "p-value", "n test",
+            "permutations"]  # fmt: skip
+    rows = []
+    for rec in table.to_dict("records"):
+        cells = [f"<td>{_fmt(rec.get(k))}</td>"
+                 for k in ("task", "protocol", "encoder_a", "encoder_b", "metric")]  # fmt: skip
+        cells.append(f'<td class="num">{rec["difference"]:+.3f}</td>')
+        cells += [f'<td class="num">{_fmt(rec.get(k))}</td>'
+                  for k in ("p_value", "n_test", "n_permutations")]  # fmt: skip
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    header = "".join(f"<th>{h}</th>" for h in head)
+    return ("<h3 id='comparisons'>Encoder comparisons</h3><p>Two-sided paired permutation test "
+            "on the shared test set: each permutation swaps the two encoders' outputs on a "
+            "random half of the samples. The difference is metric(A) - metric(B); p is "
+            "(1 + extreme permutations) / (1 + permutations), so it is never below "
+            "1 / (1 + permutations).</p>"
+            f"<table><tr>{header}</tr>\n" + "\n".join(rows) + "</table>")  # fmt: skip
 
 
 def _skipped(skipped: Sequence[tuple[str, str]]) -> str:
@@ -110,6 +150,8 @@ def render_page(
     summary: pd.DataFrame,
     skipped: Sequence[tuple[str, str]] = (),
     fewshot: Sequence[tuple[str, str]] = (),
+    heatmaps: Sequence[tuple[str, Sequence[tuple[str, str]]]] = (),
+    comparisons: pd.DataFrame | None = None,
 ) -> str:
     """The whole index.html text; every src/href is a path relative to the report folder.
 
@@ -119,6 +161,8 @@ def render_page(
         summary: the summary table (``summary_table``).
         skipped: (task id, reason) of tasks whose data or adapter is missing.
         fewshot: (task id, relative png path) of few-shot curve figures.
+        heatmaps: (group title, [(slide caption, relative jpg path)]) per evaluation run.
+        comparisons: one row per encoder pair (``comparison_table``), or None.
     """
     curves = "".join(_figure(f"few-shot curve, {task}", src) for task, src in fewshot)
     curves = f'<h3>Few-shot</h3><div class="row">{curves}</div>' if fewshot else ""
@@ -141,6 +185,8 @@ over episodes at the largest K per class that the training set allows, with the 
 spread over episodes; the whole curve is plotted below.</p>
 {_metric_table(summary)}
 {curves}
+{_heatmaps(heatmaps)}
+{_comparisons(comparisons)}
 {_skipped(skipped)}
 </body></html>
 """
