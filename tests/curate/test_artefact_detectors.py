@@ -10,7 +10,14 @@ import pytest
 
 from unipipe.curate.artefact_fold import FoldParams, detect_fold
 from unipipe.curate.artefact_glass import GlassParams, detect_glass
-from unipipe.curate.artefact_stain import StainParams, detect_overstain, detect_understain
+from unipipe.curate.artefact_stain import (
+    StainParams,
+    detect_overstain,
+    detect_understain,
+    estimate_stain_type,
+    hed_optical_density,
+)
+from unipipe.errors import ConfigError
 
 TILES = Path(__file__).resolve().parents[2] / "resources" / "qc" / "tiles"
 CLEAN = "medium-nuclei-score-level1-2.png"
@@ -77,3 +84,39 @@ def test_stain_detectors_on_real_tile(transform, over, under):
     params = StainParams(block_um=128.0)
     assert bool(detect_overstain(rgb, tissue, mpp=1.0, params=params).mean() > 0.9) == over
     assert bool(detect_understain(rgb, tissue, mpp=1.0, params=params).mean() > 0.9) == under
+
+
+@pytest.mark.parametrize(("stain", "column"), [("haematoxylin", 0), ("eosin", 1), ("dab", 2)])
+def test_hed_optical_density_separates_pure_stains(stain, column):
+    """A colour made of 0.5 OD of one reference stain deconvolves to that stain alone."""
+    vectors = {
+        "haematoxylin": [0.65, 0.70, 0.29],
+        "eosin": [0.07, 0.99, 0.11],
+        "dab": [0.27, 0.57, 0.78],
+    }
+    od = 0.5 * np.asarray(vectors[stain]) / np.linalg.norm(vectors[stain])
+    rgb = np.round(256.0 * 10.0**-od - 1.0).astype(np.uint8)[None, :]
+    expected = np.zeros(3)
+    expected[column] = 0.5
+    np.testing.assert_allclose(hed_optical_density(rgb)[0], expected, atol=0.02)
+
+
+def test_stain_type_of_real_tile_is_he():
+    """A real H&E tile reads as H&E; with ``max_dab_fraction`` 0 its few brown pixels make it IHC."""
+    rgb = _rgb(CLEAN)
+    tissue = _everywhere(rgb)
+    assert estimate_stain_type(rgb, tissue, params=StainParams()).label == "he"
+    strict = estimate_stain_type(rgb, tissue, params=StainParams(max_dab_fraction=0.0))
+    assert strict.label == "ihc"
+    assert strict.reason.startswith("stain looks like IHC (DAB fraction")
+    assert estimate_stain_type(rgb, ~tissue, params=StainParams()).label == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("dab_min_od", 0.0), ("max_dab_fraction", 1.5), ("min_eosin_fraction", -0.1)],
+)
+def test_stain_params_reject_bad_stain_type_thresholds(field, value):
+    """Stain-type thresholds out of range raise ConfigError naming the key."""
+    with pytest.raises(ConfigError, match=f"curate.artefacts.stain.{field}"):
+        StainParams(**{field: value})

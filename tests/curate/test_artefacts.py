@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from unipipe.config import build_params
+from unipipe.curate.artefact_stain import StainType
 from unipipe.curate.artefact_verdict import VerdictParams, judge
 from unipipe.curate.artefacts import (
     ARTEFACT_CLASSES,
@@ -178,3 +179,41 @@ def test_grid_thumbnail_matches_mask_shape(tissue_pngs):
         thumb, mpp = _read_grid_thumbnail(slide, mask.shape, "tissue.png")
     assert thumb.shape[:2] == mask.shape
     assert mpp == pytest.approx(TissueParams().thumb_mpp, rel=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("name", "stain_type", "verdict", "stain_reasons"),
+    [
+        ("CMU-1-Small-Region.svs", "he", "pass", []),
+        ("OS-1-detail.ome.tif", "he", "pass", []),
+        ("OS-2-ndpi.ome.tif", "ihc", "warn", ["stain looks like IHC (DAB fraction 0.13 > 0.08)"]),
+    ],
+)
+def test_run_detect_artefacts_stain_type(name, stain_type, verdict, stain_reasons, tmp_path):
+    """The Ki67 IHC slide is flagged as IHC with its DAB fraction; the H&E slides are not."""
+    run_segment_tissue(SLIDES / name, slide_id=name, mpp=None, params=TissueParams(),
+                       mask_png=tmp_path / "tissue.png", geojson=tmp_path / "tissue.geojson",
+                       preview_jpg=tmp_path / "tissue.jpg", sidecar=tmp_path / "tissue.json")  # fmt: skip
+    paths = _detect(name, tmp_path / "tissue.png", tmp_path, ArtefactParams())
+    qc = json.loads(paths["qc.json"].read_text())
+    assert qc["stain"]["type"] == stain_type
+    assert qc["verdict"] == verdict
+    assert [r for r in qc["reasons"] if r.startswith("stain looks")] == stain_reasons
+    # H&E: little DAB, eosin almost everywhere; the IHC slide: the reverse.
+    he = stain_type == "he"
+    assert (qc["stain"]["dab_fraction"] < 0.05) == he
+    assert (qc["stain"]["eosin_fraction"] > 0.8) == he
+
+
+@pytest.mark.parametrize(
+    ("switch", "verdict"), [("ignore", "pass"), ("warn", "warn"), ("fail", "fail")]
+)
+def test_judge_non_he_stain_switch(switch, verdict):
+    """verdict.non_he_stain decides what a non-H&E stain does to an otherwise clean slide."""
+    stain = StainType("ihc", 0.13, 0.0, "stain looks like IHC (DAB fraction 0.13 > 0.08)")
+    got, reasons = judge({"pen": 0.0}, 1.0, VerdictParams(non_he_stain=switch), stain=stain)
+    assert got == verdict
+    assert (stain.reason in reasons) == (switch != "ignore")
+    assert judge({"pen": 0.0}, 1.0, VerdictParams(non_he_stain="fail"))[0] == "pass"
+    with pytest.raises(ConfigError, match="non_he_stain"):
+        VerdictParams(non_he_stain="exclude")

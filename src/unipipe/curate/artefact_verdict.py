@@ -1,4 +1,4 @@
-"""The slide verdict (pass / warn / fail) from per-class artefact fractions of tissue area."""
+"""The slide verdict (pass / warn / fail) from artefact fractions of tissue area and stain type."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Literal
 
+from unipipe.curate.artefact_stain import StainType
 from unipipe.errors import ConfigError
 
 __all__ = ["Verdict", "VerdictParams", "judge"]
 
 Verdict = Literal["pass", "warn", "fail"]
+_SEVERITY = {"ignore": 0, "warn": 1, "fail": 2}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -28,6 +30,10 @@ class VerdictParams:
         warn_total_fraction: warn limit of all artefact classes together.
         fail_total_fraction: fail limit of all artefact classes together.
         min_tissue_mm2: a slide with less tissue than this (mm²) fails.
+        non_he_stain: what a stain that does not look like H&E (IHC, or no eosin; see
+            ``StainParams``) does to the verdict: "warn" (default), "fail" or "ignore".
+            Mass-100K is H&E only. No verdict removes a slide from the shards or from
+            pretraining today; drop flagged slides from the manifest to exclude them.
     """
 
     warn_fraction: float = 0.05
@@ -41,6 +47,7 @@ class VerdictParams:
     warn_total_fraction: float = 0.2
     fail_total_fraction: float = 0.6
     min_tissue_mm2: float = 0.05
+    non_he_stain: Literal["ignore", "warn", "fail"] = "warn"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_warn_fraction", dict(self.class_warn_fraction))
@@ -58,6 +65,11 @@ class VerdictParams:
                     raise ConfigError(f"curate.artefacts.verdict.{name}.{cls} must be in [0, 1]")
         if self.min_tissue_mm2 < 0:
             raise ConfigError("curate.artefacts.verdict.min_tissue_mm2 must be >= 0")
+        if self.non_he_stain not in _SEVERITY:
+            raise ConfigError(
+                f"curate.artefacts.verdict.non_he_stain must be one of {sorted(_SEVERITY)}, "
+                f"got {self.non_he_stain!r}"
+            )
 
     def limits(self, name: str) -> tuple[float, float]:
         """(warn, fail) fraction limits of artefact class ``name``."""
@@ -68,7 +80,11 @@ class VerdictParams:
 
 
 def judge(
-    fractions: Mapping[str, float], tissue_mm2: float, params: VerdictParams
+    fractions: Mapping[str, float],
+    tissue_mm2: float,
+    params: VerdictParams,
+    *,
+    stain: StainType | None = None,
 ) -> tuple[Verdict, list[str]]:
     """The verdict and its reasons, in words, from artefact fractions of tissue area.
 
@@ -76,6 +92,8 @@ def judge(
         fractions: artefact class name -> fraction of the tissue area.
         tissue_mm2: tissue area of the slide in mm².
         params: the limits.
+        stain: the slide's stain type; a non-H&E one adds its reason at the severity
+            ``params.non_he_stain``.
     """
     reasons: list[tuple[int, str]] = []  # (severity 1 = warn, 2 = fail, text)
     if tissue_mm2 < params.min_tissue_mm2:
@@ -106,6 +124,8 @@ def judge(
                 f"fail above {100 * params.fail_total_fraction:g}%)",
             )
         )
+    if stain is not None and stain.reason and _SEVERITY[params.non_he_stain]:
+        reasons.append((_SEVERITY[params.non_he_stain], stain.reason))
     worst = max((s for s, _ in reasons), default=0)
     verdict: Verdict = ("pass", "warn", "fail")[worst]
     return verdict, [text for _, text in reasons]

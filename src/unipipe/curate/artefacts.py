@@ -20,6 +20,7 @@ from unipipe.curate.artefact_stain import (
     block_optical_density,
     detect_overstain,
     detect_understain,
+    estimate_stain_type,
 )
 from unipipe.curate.artefact_verdict import VerdictParams, judge
 from unipipe.curate.tissue_io import (
@@ -245,10 +246,14 @@ def qc_summary(
         name: float(counts[d.code]) / n_tissue if n_tissue else 0.0 for name, d in DETECTORS.items()
     }
     tissue_mm2 = n_tissue * mpp * mpp / 1e6
-    verdict, reasons = judge(
-        {name: fractions[name] for name in params.detectors}, tissue_mm2, params.verdict
-    )
     clean = classes == ARTEFACT_CLASSES["tissue"]
+    stain_type = estimate_stain_type(rgb, clean, params=params.stain)  # ink would read as DAB
+    verdict, reasons = judge(
+        {name: fractions[name] for name in params.detectors},
+        tissue_mm2,
+        params.verdict,
+        stain=stain_type,
+    )
     block_od, _ = block_optical_density(rgb, clean, mpp=mpp, params=params.stain)
     block_od = block_od[np.isfinite(block_od)]
     if not block_od.size:
@@ -265,6 +270,9 @@ def qc_summary(
             "median_block_od": round(float(np.median(block_od)), 4),
             "p5_block_od": round(float(np.percentile(block_od, 5)), 4),
             "p95_block_od": round(float(np.percentile(block_od, 95)), 4),
+            "type": stain_type.label,
+            "dab_fraction": round(stain_type.dab_fraction, 4),
+            "eosin_fraction": round(stain_type.eosin_fraction, 4),
         },
         "blur_min_score": params.blur.min_score,
         "detectors": list(params.detectors),
