@@ -96,6 +96,7 @@ def test_render_slide_heatmaps_canvas_without_slide(
 ) -> None:
     """Bags without a slide draw on white sized from coords; -1 rows skip; ids sorted, capped."""
     tables = [_grid(s, 2048, 1536, size_col=False) for s in ("c", "a", "b")]
+    tables[2]["size_l0"] = -1  # not recorded in the bag: patch_size_l0 stands in
     tables[1].loc[0, ["x", "y"]] = -1
     pd.concat(tables).to_parquet(tmp_path / "h.parquet")
     with caplog.at_level(logging.WARNING, logger="unipipe.report.heatmaps"):

@@ -136,7 +136,8 @@ def render_slide_heatmaps(
         thumb_mpp: µm/px of the thumbnail the scores are drawn on.
         mpp: slide id -> level-0 µm/px, overriding the slide metadata as in the manifest;
             for a canvas it sets the scale (else ``BAG_MPP``).
-        patch_size_l0: patch side in level-0 px when the table has no size_l0 column.
+        patch_size_l0: patch side in level-0 px where the table has no size_l0 column, or
+            size_l0 is -1 (the bag did not record it).
         cmap: matplotlib colour map; its high end marks the highest score of the slide.
         alpha: opacity of the score squares.
         quality: JPEG quality (baseline JPEG without EXIF, byte-stable on rerun).
@@ -163,8 +164,11 @@ def render_slide_heatmaps(
         rows = rows[usable]
         if rows.empty:
             continue
-        sides_l0 = (rows["size_l0"].to_numpy(np.float64) if "size_l0" in rows.columns
-                    else np.full(len(rows), float(patch_size_l0)))  # fmt: skip
+        sides_l0 = np.full(len(rows), float(patch_size_l0))
+        if "size_l0" in rows.columns:
+            # size_l0 is -1 where the bag did not record its patch side.
+            recorded = rows["size_l0"].to_numpy(np.float64)
+            sides_l0 = np.where(recorded > 0, recorded, sides_l0)
         background, scale = _background(slide_id, slide_paths.get(slide_id), rows, sides_l0,
                                         thumb_mpp=thumb_mpp, mpp=mpp.get(slide_id))  # fmt: skip
         # Level-0 px -> thumbnail px, like read_thumbnail's pixel grid; sides at least 1 px.
