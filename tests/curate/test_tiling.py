@@ -100,14 +100,19 @@ def test_tilingparams_rejects_bad_values(field: str, value) -> None:
 @pytest.mark.parametrize(
     ("length", "footprint", "stride", "expected"),
     [
-        (1000, 256, 256, [0, 256, 512]),
-        (1000, 256, 128, [0, 128, 256, 384, 512, 640]),
+        (1000, 256, 256, [0, 256, 512, 744]),
+        (1000, 256, 128, [0, 128, 256, 384, 512, 640, 744]),
+        (1024, 256, 256, [0, 256, 512, 768]),
+        (1000, 256.5, 256.5, [0, 256, 513, 743]),
+        (256, 256, 256, [0]),
         (100, 256, 256, []),
     ],
 )
 def test_grid_origins_tiles_fit_inside(length, footprint, stride, expected) -> None:
-    """Grid starts step by the stride and every tile ends inside the slide."""
-    assert grid_origins(length, footprint, stride).tolist() == expected
+    """Starts step by the stride, a last tile ends at the edge, and every tile fits inside."""
+    origins = grid_origins(length, footprint, stride)
+    assert origins.tolist() == expected
+    assert (origins + footprint <= length).all()
 
 
 def test_mask_fractions_match_direct_count() -> None:
@@ -126,10 +131,10 @@ def test_run_tile_slide_coordinates_follow_mpp(svs_path: Path, tmp_path: Path, m
     """At 1.0 mpp on a 0.499 mpp slide the grid steps by 1.0/0.499 x 256 level-0 px."""
     tiles = _run(svs_path, tmp_path, TilingParams(specs=[TileSpec(256, 1.0)]), masks(svs_path))
     footprint = 256 * 1.0 / 0.499  # 513.03 level-0 px
-    grid = {int(np.floor(i * footprint)) for i in range(5)}  # 0, 513, 1026, 1539, 2052
+    steps = {int(np.floor(i * footprint)) for i in range(5)}  # 0, 513, 1026, 1539, 2052
     assert len(tiles) > 5
-    assert set(tiles["x"]) <= grid
-    assert set(tiles["y"]) <= grid
+    assert set(tiles["x"]) <= steps | {int(2220 - footprint)}  # + the tile ending at the edge
+    assert set(tiles["y"]) <= steps | {int(2967 - footprint)}
     assert tiles["mpp"].eq(1.0).all()
     assert tiles["size_px"].eq(256).all()
 
@@ -189,7 +194,9 @@ def test_run_tile_slide_other_format(ome_tiff_path: Path, tmp_path: Path, masks)
     tiles = _run(ome_tiff_path, tmp_path, params, masks(ome_tiff_path))
     footprint = 128 * 0.5 / 0.2271
     assert tiles["x"].max() + footprint <= 1101
-    assert set(np.diff(np.unique(tiles["x"]))) <= {int(footprint), int(footprint) + 1}
+    columns = np.unique(tiles["x"])
+    assert set(np.diff(columns[:-1])) <= {int(footprint), int(footprint) + 1}
+    assert columns[-1] == int(1101 - footprint)  # the last column ends at the slide's edge
     assert tiles["keep"].any()
 
 
@@ -226,3 +233,28 @@ def test_run_tile_slide_leaves_nothing_on_failure(svs_path: Path, tmp_path: Path
     with pytest.raises(SlideError, match="differ"):
         _run(svs_path, out, TilingParams(), (tissue_png, small))
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("slide_name", "spec"),
+    [("CMU-1-Small-Region.svs", TileSpec(256, 0.5)), ("OS-1-detail.ome.tif", TileSpec(256, 0.5))],
+)
+def test_run_tile_slide_grid_reaches_right_and_bottom_edges(
+    slide_name: str, spec: TileSpec, tmp_path: Path, masks
+) -> None:
+    """Every tissue pixel of the mask lies in a listed tile, the last column and row included."""
+    slide_path = Path(__file__).resolve().parents[2] / "resources" / "slides" / slide_name
+    params = TilingParams(specs=[spec], min_candidate_tissue_fraction=0.0)
+    tiles = _run(slide_path, tmp_path, params, masks(slide_path))
+    tissue = np.asarray(Image.open(masks(slide_path)[0])) > 0
+    with open_slide(slide_path) as slide:
+        width, height = slide.dimensions
+        footprint = spec.size_px * spec.mpp / slide.mpp
+    sy, sx = tissue.shape[0] / height, tissue.shape[1] / width
+    covered = np.zeros_like(tissue)
+    for x, y in zip(tiles["x"], tiles["y"], strict=True):
+        covered[int(y * sy) : int(np.ceil((y + footprint) * sy)), int(x * sx) : int(np.ceil((x + footprint) * sx))] = True  # fmt: skip
+    assert tissue[:, -1].any() or tissue[-1].any()  # the slide has tissue at an edge strip
+    assert not (tissue & ~covered).any()
+    assert (tiles["x"] + footprint <= width).all()
+    assert (tiles["y"] + footprint <= height).all()

@@ -152,11 +152,22 @@ def read_mask(png: str | os.PathLike[str]) -> np.ndarray:
 
 
 def grid_origins(length_px: int, footprint_px: float, stride_px: float) -> np.ndarray:
-    """Level-0 start positions of a 1-D grid whose tiles fit fully inside ``length_px``."""
+    """Level-0 start positions of a 1-D grid that covers ``length_px`` with whole tiles.
+
+    Tiles step by ``stride_px`` from 0; where the strip left after the last whole step is
+    at least one pixel wide, one more tile is anchored to end at the slide's edge, so the
+    right and bottom strips are tiled too. That last tile overlaps its neighbour by
+    ``footprint_px`` minus the strip, and every tile lies fully inside the slide (its
+    pixels are real, never padding). A slide shorter than one tile gets no tile.
+    """
     if footprint_px > length_px:
         return np.zeros(0, dtype=np.int64)
     count = int(math.floor((length_px - footprint_px) / stride_px + 1e-9)) + 1
-    return np.floor(np.arange(count) * stride_px + 1e-9).astype(np.int64)
+    origins = np.floor(np.arange(count) * stride_px + 1e-9).astype(np.int64)
+    edge = int(math.floor(length_px - footprint_px + 1e-9))
+    if edge - origins[-1] >= 1:
+        origins = np.append(origins, edge)
+    return origins
 
 
 def mask_fractions(
