@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import cv2
 import numpy as np
 
 from unipipe.errors import SlideReadError, UnipipeError
+from unipipe.slide.batch import READ_CACHE_BYTES, BatchStats, TileGrid, read_boxes
 
-__all__ = ["LEVEL_MPP_TOLERANCE", "THUMBNAIL_BLOCK_PX", "Slide", "as_size"]
+__all__ = ["LEVEL_MPP_TOLERANCE", "READ_CACHE_BYTES", "THUMBNAIL_BLOCK_PX", "Slide", "as_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,52 @@ def as_size(size_px: int | tuple[int, int]) -> tuple[int, int]:
     if w <= 0 or h <= 0:
         raise ValueError(f"size_px must be positive, got {size_px!r}")
     return w, h
+
+
+@dataclasses.dataclass(frozen=True)
+class _RegionPlan:
+    """How every patch of one (size, mpp) is read: the level box to read, then the resize.
+
+    ``read_w`` x ``read_h`` level pixels are read at the patch's level-0 origin divided by
+    ``downsample``; ``resize`` then turns them into ``out_w`` x ``out_h`` (for "box_warp",
+    an integer box average by ``k`` and a bilinear warp mapping the ``lw`` x ``lh`` box).
+    """
+
+    level: int
+    downsample: float
+    out_w: int
+    out_h: int
+    read_w: int
+    read_h: int
+    resize: Literal["copy", "bilinear", "area", "box_warp"]
+    k: int = 1
+    lw: int = 0
+    lh: int = 0
+
+    def box(self, x: int, y: int) -> tuple[int, int, int, int]:
+        """(x, y, w, h) in level pixels to read for the patch at level-0 (x, y)."""
+        return round(x / self.downsample), round(y / self.downsample), self.read_w, self.read_h
+
+    def finish(self, pixels: np.ndarray) -> np.ndarray:
+        """The output patch from the level pixels of `box`."""
+        size = (self.out_w, self.out_h)
+        if self.resize == "copy":
+            return pixels
+        if self.resize == "bilinear":
+            return cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR)
+        if self.resize == "area":
+            return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        # Large factors: an integer box average (OpenCV's fast INTER_AREA path), then a
+        # bilinear warp for the remaining factor below 2 that maps the lw x lh box exactly.
+        k = self.k
+        boxed = cv2.resize(
+            pixels, (pixels.shape[1] // k, pixels.shape[0] // k), interpolation=cv2.INTER_AREA
+        )
+        sx, sy = self.out_w * k / self.lw, self.out_h * k / self.lh
+        warp = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+        return cv2.warpAffine(
+            boxed, warp, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
 
 
 class Slide(abc.ABC):
@@ -120,37 +170,77 @@ class Slide(abc.ABC):
         Returns:
             (h, w, 3) uint8 RGB array.
         """
+        plan = self._plan(size_px, mpp)
+        level, (bx, by, bw, bh) = plan.level, plan.box(x, y)
+        return plan.finish(self._read_padded(level, bx, by, bw, bh))
+
+    def read_regions(
+        self,
+        origins: Sequence[tuple[int, int]] | np.ndarray,
+        size_px: int | tuple[int, int],
+        mpp: float,
+        *,
+        cache_bytes: int = READ_CACHE_BYTES,
+        stats: BatchStats | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Read many patches of one geometry, decoding each stored tile once for the batch.
+
+        Yields exactly what ``read_region(x, y, size_px, mpp)`` returns for each (x, y) of
+        ``origins`` (level-0 top-left pixels), in the order given. Where the chosen level is
+        a grid of tiles this reader can decode one by one (tiled TIFF pages, DICOM frames),
+        the reads are planned over the whole batch (`unipipe.slide.batch.read_boxes`): a
+        tile is decoded once if the tiles alive at the same time fit ``cache_bytes``, which
+        for a row-major grid is about one row of tiles; row-major order (as tiles.parquet
+        lists them) is therefore the cheap order. Other levels are read box by box.
+
+        Args:
+            origins: (x, y) level-0 top-left of each patch; an (n, 2) array also works.
+            size_px: output side (or (w, h)) in pixels.
+            mpp: output µm/px.
+            cache_bytes: most bytes of decoded tiles kept for later patches (memory is
+                bounded by it plus one tile and one patch, whatever the batch size).
+            stats: filled in with tiles touched and decoded (direct tile levels only).
+        """
+        plan = self._plan(size_px, mpp)  # bad sizes fail here, not at the first patch
+        level = plan.level
+        boxes = [plan.box(int(x), int(y)) for x, y in np.asarray(origins).reshape(-1, 2)]
+        grid = self._tile_grid(level)
+        if grid is None:
+            return (plan.finish(self._read_padded(level, *box)) for box in boxes)
+
+        def error(box: tuple[int, int, int, int], err: Exception) -> Exception:
+            if isinstance(err, UnipipeError | MemoryError):
+                return err
+            return self._decode_error(level, *box, err)
+
+        pixels = read_boxes(grid, boxes, cache_bytes=cache_bytes, stats=stats, on_error=error)
+        return (plan.finish(p) for p in pixels)
+
+    def _tile_grid(self, level: int) -> TileGrid | None:
+        """The tiles of ``level`` for batched reads, or None to read it box by box (default)."""
+        return None
+
+    def _plan(self, size_px: int | tuple[int, int], mpp: float) -> _RegionPlan:
+        """Level, source box size and resize steps shared by every patch of one geometry."""
         out_w, out_h = as_size(size_px)
         if not mpp > 0:
             raise ValueError(f"mpp must be positive, got {mpp!r}")
         level = self.best_level(mpp)
         downsample = self.level_downsamples[level]
         scale = mpp / (self.mpp * downsample)  # level pixels per output pixel
-
-        # Box in level pixels; within the tolerance the level is read 1:1 (pixel-exact).
-        lx, ly = round(x / downsample), round(y / downsample)
-        if abs(scale - 1.0) <= LEVEL_MPP_TOLERANCE:
-            return self._read_padded(level, lx, ly, out_w, out_h)
+        if abs(scale - 1.0) <= LEVEL_MPP_TOLERANCE:  # read 1:1, pixel-exact
+            return _RegionPlan(level, downsample, out_w, out_h, out_w, out_h, "copy")
         lw = max(1, round(out_w * scale))
         lh = max(1, round(out_h * scale))
         if scale < 1.0:
-            pixels = self._read_padded(level, lx, ly, lw, lh)
-            return cv2.resize(pixels, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+            return _RegionPlan(level, downsample, out_w, out_h, lw, lh, "bilinear")
         if scale < 2.0:
-            pixels = self._read_padded(level, lx, ly, lw, lh)
-            return cv2.resize(pixels, (out_w, out_h), interpolation=cv2.INTER_AREA)
-        # Large factors: an integer box average (OpenCV's fast INTER_AREA path), then a
-        # bilinear warp for the remaining factor below 2 that maps the lw x lh box exactly.
+            return _RegionPlan(level, downsample, out_w, out_h, lw, lh, "area")
         k = math.floor(scale)
-        pixels = self._read_padded(level, lx, ly, k * math.ceil(lw / k), k * math.ceil(lh / k))
-        boxed = cv2.resize(
-            pixels, (pixels.shape[1] // k, pixels.shape[0] // k), interpolation=cv2.INTER_AREA
-        )
-        sx, sy = out_w * k / lw, out_h * k / lh
-        warp = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
-        return cv2.warpAffine(
-            boxed, warp, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
+        return _RegionPlan(
+            level, downsample, out_w, out_h, k * math.ceil(lw / k), k * math.ceil(lh / k),
+            "box_warp", k=k, lw=lw, lh=lh,
+        )  # fmt: skip
 
     def thumbnail_size(self, mpp: float) -> tuple[int, int]:
         """(w, h) of the whole slide rendered at ``mpp`` µm/px (at least 1 x 1)."""
@@ -205,12 +295,18 @@ class Slide(abc.ABC):
         except (UnipipeError, MemoryError):
             raise
         except Exception as err:
-            raise SlideReadError(
-                f"slide {self.slide_id!r} ('{self.path}') cannot be decoded at level {level}, "
-                f"box x={x} y={y} w={w} h={h} (level pixels): {type(err).__name__}: {err}. "
-                "The file is probably damaged: copy or export it again, or remove its row "
-                "from the slide manifest"
-            ) from err
+            raise self._decode_error(level, x, y, w, h, err) from err
+
+    def _decode_error(
+        self, level: int, x: int, y: int, w: int, h: int, err: Exception
+    ) -> SlideReadError:
+        """The error for a box (level pixels) whose stored pixels cannot be decoded."""
+        return SlideReadError(
+            f"slide {self.slide_id!r} ('{self.path}') cannot be decoded at level {level}, "
+            f"box x={x} y={y} w={w} h={h} (level pixels): {type(err).__name__}: {err}. "
+            "The file is probably damaged: copy or export it again, or remove its row "
+            "from the slide manifest"
+        )
 
     def __enter__(self) -> Slide:
         return self

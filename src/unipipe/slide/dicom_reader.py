@@ -14,6 +14,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from unipipe.slide.base import Slide
+from unipipe.slide.batch import TileGrid
 from unipipe.slide.dicom_frames import FrameFile
 from unipipe.slide.messages import ReaderRefusedError, plausible_mpp, resolve_mpp, unsupported
 
@@ -77,6 +78,13 @@ class DicomSlide(Slide):
                     y0 - row * fh : y1 - row * fh, x0 - col * fw : x1 - col * fw
                 ]
         return out
+
+    def _tile_grid(self, level: int) -> TileGrid:
+        def decode(index: int) -> np.ndarray:
+            row, col = divmod(index, self._grid_cols)
+            return self._decode_frame(int(self._frame_index[row, col]))
+
+        return TileGrid(self._width, self._height, self._frame_w, self._frame_h, decode)
 
     def clear_cache(self) -> None:
         """Drop the decoded frames."""

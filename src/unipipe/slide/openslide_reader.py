@@ -14,6 +14,7 @@ import tifffile
 from pydicom.encaps import generate_frames
 
 from unipipe.slide.base import Slide
+from unipipe.slide.batch import TileGrid
 from unipipe.slide.messages import ReaderRefusedError, plausible_mpp, resolve_mpp
 from unipipe.slide.tiff_reader import check_brightfield_rgb, main_series
 from unipipe.slide.tiff_tiles import TiledPage, tiled_page_supported
@@ -106,6 +107,10 @@ class OpenSlideSlide(Slide):
         if alpha.min() == 0:
             rgb[alpha == 0] = 255  # transparent (no scanned data) reads as white glass
         return rgb
+
+    def _tile_grid(self, level: int) -> TileGrid | None:
+        tiles = self._tiles.get(level)
+        return None if tiles is None else tiles.grid()
 
     def clear_cache(self) -> None:
         """Drop the decoded tiles of direct reads."""

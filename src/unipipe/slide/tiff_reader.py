@@ -11,6 +11,7 @@ import tifffile
 import zarr
 
 from unipipe.slide.base import Slide
+from unipipe.slide.batch import TileGrid
 from unipipe.slide.messages import ReaderRefusedError, plausible_mpp, resolve_mpp, unsupported
 from unipipe.slide.tiff_tiles import TiledPage, tiled_page_supported
 
@@ -71,6 +72,10 @@ class TiffSlide(Slide):
         if isinstance(source, TiledPage):
             return source.read(x, y, w, h)
         return np.ascontiguousarray(source[y : y + h, x : x + w, :3])
+
+    def _tile_grid(self, level: int) -> TileGrid | None:
+        source = self._levels[level]
+        return source.grid() if isinstance(source, TiledPage) else None
 
     def clear_cache(self) -> None:
         """Drop the decoded tiles of tiled levels."""

@@ -16,6 +16,8 @@ import threading
 import numpy as np
 import tifffile
 
+from unipipe.slide.batch import TileGrid
+
 __all__ = ["TILE_CACHE_BYTES", "TiledPage", "tiled_page_supported"]
 
 logger = logging.getLogger(__name__)
@@ -72,18 +74,25 @@ class TiledPage:
             if tile is not None:
                 self._cache.move_to_end(index)
                 return tile
-        count = int(self._counts[index])
-        if count == 0:  # a tile the scanner never wrote: glass
-            tile = np.full((self._tile_h, self._tile_w, 3), _BACKGROUND, np.uint8)
-        else:
-            data = os.pread(self._fd, count, int(self._offsets[index]))
-            segment, _, _ = self._decode(data, index, jpegtables=self._tables)
-            tile = np.ascontiguousarray(segment.reshape(self._tile_h, self._tile_w, -1)[..., :3])
+        tile = self.decode_tile(index)
         with self._lock:
             self._cache[index] = tile
             if len(self._cache) > self._capacity:
                 self._cache.popitem(last=False)
         return tile
+
+    def decode_tile(self, index: int) -> np.ndarray:
+        """Decode tile ``index`` (row-major) afresh: (tile_h, tile_w, 3) uint8 RGB, uncached."""
+        count = int(self._counts[index])
+        if count == 0:  # a tile the scanner never wrote: glass
+            return np.full((self._tile_h, self._tile_w, 3), _BACKGROUND, np.uint8)
+        data = os.pread(self._fd, count, int(self._offsets[index]))
+        segment, _, _ = self._decode(data, index, jpegtables=self._tables)
+        return np.ascontiguousarray(segment.reshape(self._tile_h, self._tile_w, -1)[..., :3])
+
+    def grid(self) -> TileGrid:
+        """The page as a tile grid for batched reads (`unipipe.slide.batch`)."""
+        return TileGrid(self.width, self.height, self._tile_w, self._tile_h, self.decode_tile)
 
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """(h, w, 3) uint8 RGB of the box at (x, y) in page pixels; the box lies inside the page."""
