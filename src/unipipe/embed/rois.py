@@ -32,20 +32,29 @@ def embed_batches(
     std: Sequence[float],
     device: str = "cpu",
 ) -> np.ndarray:
-    """Run ``model`` over uint8 batches, normalising them on ``device``.
+    """Run ``model`` over uint8 batches, normalising each once on ``device``.
 
-    ``batches`` yields x (B, 3, S, S) uint8 tensors or (x, ids) pairs.
+    ``batches`` yields x (B, 3, S, S) uint8 tensors or (x, ids) pairs. Patches stay uint8
+    up to here (a quarter of the bytes through DataLoader workers and the host-to-device
+    copy); the float input is built on the device, in the dtype of the model's weights.
 
     Returns:
         (N, D) float32 CLS embeddings in batch order.
     """
     model = model.to(device).eval()
+    weight = next(model.parameters(), None)
+    dtype = weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
+    buffer: torch.Tensor | None = None  # float32 input, reused while the batch shape holds
     out = []
     with torch.inference_mode():
         for batch in batches:
             x = batch[0] if isinstance(batch, list | tuple) else batch
-            x = normalise_batch(x.to(device, non_blocking=True), mean=mean, std=std)
-            out.append(model(x).float().cpu().numpy())  # (B, D)
+            x = x.to(device, non_blocking=True)
+            if buffer is None or buffer.shape != x.shape:
+                buffer = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+            x = normalise_batch(x, mean=mean, std=std, dtype=dtype, out=buffer)
+            # a copy: an encoder that returns a view of its input would alias the buffer
+            out.append(model(x).float().cpu().numpy().copy())  # (B, D)
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -119,7 +128,8 @@ def run_embed_rois(
     )
 
     dataset = build_dataset(dataset_spec, img_size=size)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.startswith("cuda"))  # fmt: skip
     features = embed_batches(model, loader, mean=meta.mean, std=meta.std, device=device)
 
     write_roi_h5(
