@@ -143,15 +143,16 @@ def test_run_write_shards_leaves_nothing_on_failure(
 
     def failing_open(*args, **kwargs):
         slide = real_open(*args, **kwargs)
-        read = slide.read_region
+        read = slide.read_regions
 
-        def read_region(*a, **k):
-            calls["n"] += 1
-            if calls["n"] > 6:
-                raise OSError("disk went away")
-            return read(*a, **k)
+        def read_regions(*a, **k):
+            for patch in read(*a, **k):
+                calls["n"] += 1
+                if calls["n"] > 6:
+                    raise OSError("disk went away")
+                yield patch
 
-        slide.read_region = read_region
+        slide.read_regions = read_regions
         return slide
 
     monkeypatch.setattr(shards, "open_slide", failing_open)

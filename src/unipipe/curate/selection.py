@@ -151,10 +151,17 @@ def cluster_features(
 
 def _spec_features(slide: Any, tiles: pd.DataFrame, feature_size_px: int) -> np.ndarray:
     """(n, f) features of each tile's patch, read at the feature resolution."""
-    rows = []
-    for x, y, size_px, mpp in tiles[["x", "y", "size_px", "mpp"]].itertuples(index=False):
-        patch = slide.read_region(int(x), int(y), feature_size_px, mpp * size_px / feature_size_px)
-        rows.append(patch_features(patch))
+    geometry = tiles[["size_px", "mpp"]].drop_duplicates()
+    if len(geometry) == 1:  # one spec (as select_rows calls it): one batched read
+        size_px, mpp = int(geometry["size_px"].iloc[0]), float(geometry["mpp"].iloc[0])
+        origins = tiles[["x", "y"]].to_numpy()
+        patches = slide.read_regions(origins, feature_size_px, mpp * size_px / feature_size_px)
+    else:
+        patches = (
+            slide.read_region(int(x), int(y), feature_size_px, mpp * size_px / feature_size_px)
+            for x, y, size_px, mpp in tiles[["x", "y", "size_px", "mpp"]].itertuples(index=False)
+        )
+    rows = [patch_features(patch) for patch in patches]
     return np.array(rows, dtype=np.float64).reshape(len(rows), len(FEATURE_NAMES))
 
 

@@ -120,11 +120,13 @@ def _write_spec(
         config={"write_empty_chunks": True},
     )
     block = np.empty((min(per_shard, max(n, 1)), side, side, 3), dtype=np.uint8)
-    xs, ys = rows["x"].to_numpy(), rows["y"].to_numpy()
+    # One batched read over all rows: each stored tile is decoded once, however the rows
+    # (cluster by cluster) revisit the slide; memory stays within the read cache's budget.
+    reads = slide.read_regions(rows[["x", "y"]].to_numpy(), side, spec.mpp)
     for start in range(0, n, per_shard):
         stop = min(start + per_shard, n)
         for i in range(start, stop):
-            block[i - start] = slide.read_region(int(xs[i]), int(ys[i]), side, spec.mpp)
+            block[i - start] = next(reads)
         patches[start:stop] = block[: stop - start]
 
     for name, dtype in _PER_PATCH.items():

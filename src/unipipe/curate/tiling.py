@@ -244,8 +244,10 @@ def _tile_spec(
 
     # Blur needs pixels at the target mpp: read only tiles that passed the mask rules.
     blur = np.full(len(xs), np.nan)
-    for i in np.flatnonzero(keep):
-        blur[i] = blur_score(slide.read_region(int(xs[i]), int(ys[i]), spec.size_px, spec.mpp))
+    picks = np.flatnonzero(keep)
+    patches = slide.read_regions(np.stack([xs[picks], ys[picks]], 1), spec.size_px, spec.mpp)
+    for i, patch in zip(picks, patches, strict=True):
+        blur[i] = blur_score(patch)
     frame["blur_score"] = blur
     if params.min_blur_score > 0:
         keep &= blur >= params.min_blur_score
