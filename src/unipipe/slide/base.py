@@ -185,7 +185,7 @@ class Slide(abc.ABC):
     ) -> Iterator[np.ndarray]:
         """Read many patches of one geometry, decoding each stored tile once for the batch.
 
-        Yields exactly what ``read_region(x, y, size_px, mpp)`` returns for each (x, y) of
+        Gives exactly what ``read_region(x, y, size_px, mpp)`` returns for each (x, y) of
         ``origins`` (level-0 top-left pixels), in the order given. Where the chosen level is
         a grid of tiles this reader can decode one by one (tiled TIFF pages, DICOM frames),
         the reads are planned over the whole batch (`unipipe.slide.batch.read_boxes`): a
@@ -197,9 +197,13 @@ class Slide(abc.ABC):
             origins: (x, y) level-0 top-left of each patch; an (n, 2) array also works.
             size_px: output side (or (w, h)) in pixels.
             mpp: output µm/px.
-            cache_bytes: most bytes of decoded tiles kept for later patches (memory is
-                bounded by it plus one tile and one patch, whatever the batch size).
+            cache_bytes: most bytes of decoded tiles kept for later patches; memory is this
+                plus one tile, one patch and the plan (a few integers per patch).
             stats: filled in with tiles touched and decoded (direct tile levels only).
+
+        Returns:
+            A lazy iterator of (h, w, 3) uint8 RGB arrays, one per origin; a damaged tile
+            raises `SlideReadError` (naming slide and box) when its patch is reached.
         """
         plan = self._plan(size_px, mpp)  # bad sizes fail here, not at the first patch
         level = plan.level
