@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
 
 from unipipe.errors import ConfigError
+from unipipe.evaluate import slides
+from unipipe.evaluate.abmil import abmil_sweep_protocol
 from unipipe.evaluate.features import read_roi_features
 from unipipe.evaluate.slide_fewshot import (
     SlideFewShotParams,
@@ -146,3 +150,38 @@ def test_slide_fewshot_params_reject_bad_values(field: str, value: object) -> No
 def test_slide_fewshot_params_sort_shots() -> None:
     """Shots are stored sorted and without repeats, so the largest K is the last."""
     assert SlideFewShotParams(shots=(8, 1, 8, 2)).shots == (1, 2, 8)
+
+
+@pytest.mark.parametrize(
+    ("name", "fn", "key", "value"),
+    [
+        ("abmil_fewshot", slide_fewshot_protocol, "headline_shots", 4),
+        ("abmil_sweep", abmil_sweep_protocol, "chosen_lr", 1e-3),
+    ],
+)
+def test_protocols_plug_into_run_evaluate_slides(
+    slide_data: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+    fn: object, key: str, value: object,
+) -> None:  # fmt: skip
+    """Registered in SLIDE_PROTOCOLS, each runs through the slide stage to a metrics.json."""
+    rows = ["slide_id,label,split,features_h5"]
+    splits = [("train", slide_data.train, slide_data.y_train),
+              ("test", slide_data.test, slide_data.y_test)]  # fmt: skip
+    for split, bags, labels in splits:
+        for i, (bag, label) in enumerate(zip(bags, labels, strict=True)):
+            with h5py.File(tmp_path / f"{split}{i}.h5", "w") as f:
+                f["features"] = bag
+            rows.append(f"{split}{i},{['LUAD', 'LUSC'][label]},{split},{split}{i}.h5")
+    (tmp_path / "slides.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.setitem(slides.SLIDE_PROTOCOLS, name, fn)
+    params = {**PARAMS, "abmil": {**PARAMS["abmil"], "lrs": [1e-3], "max_epochs": 2,
+                                  "min_epochs": 1, "patience": 1},
+              "bootstrap": {"n_resamples": 10}}  # fmt: skip
+    slides.run_evaluate_slides(
+        tmp_path / "slides.csv", task={"id": "t", "classes": ["LUAD", "LUSC"]}, params=params,
+        seed=0, protocol=name, metrics_json=tmp_path / "m.json",
+        predictions_parquet=tmp_path / "p.pq", sidecar=tmp_path / "s.json",
+    )  # fmt: skip
+    extra = json.loads((tmp_path / "m.json").read_text())["extra"]
+    assert extra[key] == value
+    assert (tmp_path / "s.json").exists()
