@@ -208,8 +208,8 @@ def _fit(
     """Train at ``lr``; with val bags stop early and keep the best-val weights, else the last.
 
     A non-finite training loss ends the fit (``diverged``): later epochs could only repeat
-    it. With val bags and no finite val loss the returned weights are the diverged ones and
-    ``best_epoch`` is -1; callers decide whether that is an error.
+    it. With val bags and no finite val loss the last weights come back with
+    ``best_epoch`` -1; callers decide whether that is an error.
     """
     early = len(val_bags) > 0
     generator = torch.Generator().manual_seed(seed)
