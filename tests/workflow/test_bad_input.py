@@ -32,7 +32,7 @@ def test_bad_input_broken_slides_fail_alone_with_keep_going(tmp_path):
         "no_mpp": _tiff_without_mpp(tmp_path / "no_mpp.tif"),
     }
     workdir = make_workdir(tmp_path / "run", slides)
-    targets = [f"results/shards/{sid}.zarr" for sid in slides]
+    targets = [f"results/shards/{sid}.zarr/zarr.json" for sid in slides]
     proc = snakemake(workdir, "--keep-going", *targets, check=False)
     output = proc.stdout + proc.stderr
 

@@ -47,6 +47,15 @@ def test_dag_shards_hold_selected_patches_equal_to_slide_reads(demo_run):
             _assert_equals_openslide(path, patches, x, y, mpp)
 
 
+def test_dag_shard_stores_hold_only_zarr_files(demo_run):
+    """A shard store holds only Zarr's metadata and chunk files (no .snakemake_timestamp)."""
+    for slide_id in TEST_SLIDES:
+        store = demo_run / f"results/shards/{slide_id}.zarr"
+        files = [p.relative_to(store) for p in store.rglob("*") if p.is_file()]
+        assert Path("zarr.json") in files
+        assert [f for f in files if f.name != "zarr.json" and "c" not in f.parts[:-1]] == []
+
+
 def _assert_equals_openslide(path, patches, x, y, mpp):
     """Patches of the 0.499-mpp SVS equal OpenSlide's own level-0 reads.
 

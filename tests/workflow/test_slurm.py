@@ -282,7 +282,7 @@ def test_slurm_metrics_equal_local_run(slurm_run, local_run):
 
 
 def _curation_targets(slides: dict[str, Path | str]) -> list[str]:
-    return [f"results/shards/{sid}.zarr" for sid in slides]
+    return [f"results/shards/{sid}.zarr/zarr.json" for sid in slides]
 
 
 def test_slurm_broken_slide_fails_alone_and_rerun_runs_only_it(config_dir, tmp_path):

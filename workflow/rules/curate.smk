@@ -120,7 +120,10 @@ rule write_shards:
         slide=get_slide_input,
         selected=rules.select_patches.output.selected,
     output:
-        shard=directory(f"{RESULTS}/shards/{{slide}}.zarr"),
+        # The store's root metadata stands for the store: a directory() output would get
+        # a foreign .snakemake_timestamp file inside it. The store is written under a
+        # temporary name and renamed whole, so zarr.json appears only with a complete store.
+        shard=f"{RESULTS}/shards/{{slide}}.zarr/zarr.json",
         # Beside the other per-slide sidecars: under shards/ a slide named like a run-level
         # output (build_dataset) would make two rules claim one file.
         sidecar=f"{RESULTS}/curate/{{slide}}/write_shards.json",
@@ -147,7 +150,7 @@ rule write_shards:
 
 rule build_dataset:
     input:
-        shards=expand(f"{RESULTS}/shards/{{slide}}.zarr", slide=SLIDES.index),
+        shards=expand(rules.write_shards.output.shard, slide=SLIDES.index),
     output:
         index=f"{RESULTS}/shards/index.parquet",
         summary=f"{RESULTS}/shards/summary.png",
