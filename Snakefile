@@ -18,6 +18,7 @@ include: "workflow/rules/curate.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/compare.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from unipipe.errors import ConfigError
-from unipipe.report.compare import comparison_table, run_compare_encoders
+from unipipe.report.compare import comparison_paths, comparison_table, run_compare_encoders
 
 ROOT = Path(__file__).resolve().parents[2]
 ZIP = ROOT / "resources" / "tiles" / "tcga_luadlusc.zip"
@@ -103,3 +103,10 @@ def test_comparison_table_sorted_and_checked(pair: tuple, tmp_path: Path) -> Non
     (tmp_path / "bad.json").write_text(json.dumps({"task": "t"}))
     with pytest.raises(ConfigError, match=r"bad\.json lacks .*compare_encoders"):
         comparison_table([tmp_path / "bad.json"])
+
+
+def test_comparison_paths_pairs_once_and_skips_protocols() -> None:
+    """Three encoders give three ordered pairs per comparable protocol; fewshot gives none."""
+    paths = comparison_paths("res", {"t": ["linear", "fewshot", "retrieval"]}, ["c", "a", "b"])
+    assert paths == [f"res/eval/compare/t/linear/{p}.json"
+                     for p in ("a__vs__b", "a__vs__c", "b__vs__c")]  # fmt: skip

@@ -139,11 +139,11 @@ def test_dag_second_run_does_nothing(demo_run):
 
 
 def test_dag_changed_eval_param_reruns_only_evaluation(demo_run):
-    """Changing an evaluation parameter plans only evaluate and report jobs."""
+    """Changing an evaluation parameter plans only evaluate, its comparison and report jobs."""
     changed = demo_run / "changed_eval.yaml"
     changed.write_text("evaluate:\n  params:\n    knn:\n      k: 5\n")
     proc = snakemake(demo_run, "-n", configfiles=(changed,))
-    assert planned_rules(proc) - {"all"} == {"evaluate", "report"}
+    assert planned_rules(proc) - {"all"} == {"evaluate", "compare_encoders", "report"}
     # Only the k-NN evaluations, one per encoder; linear and SimpleShot stay cached.
     assert len(re.findall(r"^\s*(?:local)?rule evaluate:", proc.stdout + proc.stderr, re.M)) == 2
 

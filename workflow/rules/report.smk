@@ -1,9 +1,10 @@
-"""The run's report: metric table, curation previews, training curve."""
+"""The run's report: metric table, curation previews, training curve, heatmaps, comparisons."""
 
 
 rule report:
     input:
         metrics=get_eval_targets(),
+        compare=COMPARE_TARGETS,
         curation=expand(
             f"{RESULTS}/curate/{{slide}}/{{name}}",
             slide=SLIDES.index,

@@ -10,6 +10,7 @@ with stage_logging(sm.log[0]):
     limit_threads(sm.threads)
     run_report(
         metrics_jsons=list(sm.input.metrics),
+        compare_jsons=list(sm.input.compare),
         curate_dirs=list(sm.params.curate_dirs),
         train_metrics_csv=sm.input.train_metrics,
         out_dir=sm.params.out_dir,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -15,7 +16,13 @@ from unipipe.provenance import library_versions, path_sha256, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COMPARABLE_PROTOCOLS", "COMPARISON_COLUMNS", "comparison_table", "run_compare_encoders"]
+__all__ = [
+    "COMPARABLE_PROTOCOLS",
+    "COMPARISON_COLUMNS",
+    "comparison_paths",
+    "comparison_table",
+    "run_compare_encoders",
+]
 
 # Protocols whose predictions.parquet holds the very predictions their metrics.json scores,
 # one row per test sample, so swapping two encoders' rows tests the reported figure.
@@ -28,6 +35,26 @@ COMPARABLE_PROTOCOLS = ("linear", "knn", "simpleshot", "abmil", "mi_simpleshot")
 # Columns of ``comparison_table``, in order.
 COMPARISON_COLUMNS = ("task", "protocol", "encoder_a", "encoder_b", "metric", "difference",
                       "p_value", "n_test", "n_permutations")  # fmt: skip
+
+
+def comparison_paths(
+    results_dir: str, task_protocols: Mapping[str, Sequence[str]], encoders: Sequence[str]
+) -> list[str]:
+    """{results_dir}/eval/compare/{task}/{protocol}/{a}__vs__{b}.json of every comparison.
+
+    Args:
+        results_dir: the workflow's ``results_dir``.
+        task_protocols: task id -> its evaluated protocols; only ``COMPARABLE_PROTOCOLS`` count.
+        encoders: evaluated encoder names; each unordered pair once, as (a, b) with a < b.
+    """
+    pairs = list(itertools.combinations(sorted(set(encoders)), 2))
+    return [
+        f"{results_dir}/eval/compare/{task}/{protocol}/{a}__vs__{b}.json"
+        for task, protocols in task_protocols.items()
+        for protocol in protocols
+        if protocol in COMPARABLE_PROTOCOLS
+        for a, b in pairs
+    ]
 
 
 def run_compare_encoders(
