@@ -171,3 +171,15 @@ def test_read_regions_refuse_bad_mpp_before_reading():
     """A non-positive mpp fails at the call, not at the first patch."""
     with open_slide(SVS) as slide, pytest.raises(ValueError, match="mpp must be positive"):
         slide.read_regions([(0, 0)], 256, 0.0)
+
+
+def test_open_slide_sets_the_batched_read_budget():
+    """open_slide's read_cache_bytes is the default budget of read_regions; bad values fail."""
+    with open_slide(SVS, read_cache_bytes=0) as slide:
+        stats = BatchStats()
+        for _ in slide.read_regions(_grid(slide, 256, 0.5), 256, 0.5, stats=stats):
+            pass
+    assert stats.peak_cache_bytes == 0
+    assert stats.tiles_decoded > stats.tiles_touched
+    with pytest.raises(ValueError, match="read_cache_bytes must be an int >= 0"):
+        open_slide(SVS, read_cache_bytes=-1)

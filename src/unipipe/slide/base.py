@@ -102,6 +102,7 @@ class Slide(abc.ABC):
         path: the file that was opened.
         mpp: level-0 microns per pixel (metadata, or the manifest override).
         reader: name of the backend that opened the file ("openslide", "tifffile", "pydicom").
+        read_cache_bytes: default tile budget of `read_regions` (set by `open_slide`).
     """
 
     reader: str = "abstract"
@@ -110,6 +111,7 @@ class Slide(abc.ABC):
         self.slide_id = slide_id
         self.path = path
         self.mpp = float(mpp)
+        self.read_cache_bytes = READ_CACHE_BYTES
 
     # -- pyramid description, provided by the backend -------------------------------------------
 
@@ -180,7 +182,7 @@ class Slide(abc.ABC):
         size_px: int | tuple[int, int],
         mpp: float,
         *,
-        cache_bytes: int = READ_CACHE_BYTES,
+        cache_bytes: int | None = None,
         stats: BatchStats | None = None,
     ) -> Iterator[np.ndarray]:
         """Read many patches of one geometry, decoding each stored tile once for the batch.
@@ -197,8 +199,9 @@ class Slide(abc.ABC):
             origins: (x, y) level-0 top-left of each patch; an (n, 2) array also works.
             size_px: output side (or (w, h)) in pixels.
             mpp: output µm/px.
-            cache_bytes: most bytes of decoded tiles kept for later patches; memory is this
-                plus one tile, one patch and the plan (a few integers per patch).
+            cache_bytes: most bytes of decoded tiles kept for later patches (None: the
+                slide's ``read_cache_bytes``); memory is this plus one tile, one patch and
+                the plan (a few integers per patch).
             stats: filled in with tiles touched and decoded (direct tile levels only).
 
         Returns:
@@ -217,7 +220,8 @@ class Slide(abc.ABC):
                 return err
             return self._decode_error(level, *box, err)
 
-        pixels = read_boxes(grid, boxes, cache_bytes=cache_bytes, stats=stats, on_error=error)
+        budget = self.read_cache_bytes if cache_bytes is None else cache_bytes
+        pixels = read_boxes(grid, boxes, cache_bytes=budget, stats=stats, on_error=error)
         return (plan.finish(p) for p in pixels)
 
     def _tile_grid(self, level: int) -> TileGrid | None:

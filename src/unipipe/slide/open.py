@@ -28,7 +28,11 @@ READERS: dict[str, Opener] = {
 
 
 def open_slide(
-    path: str | os.PathLike[str], *, slide_id: str | None = None, mpp: float | None = None
+    path: str | os.PathLike[str],
+    *,
+    slide_id: str | None = None,
+    mpp: float | None = None,
+    read_cache_bytes: int | None = None,
 ) -> Slide:
     """Open a whole-slide image with the first reader that accepts it.
 
@@ -36,14 +40,23 @@ def open_slide(
         path: the slide file; for a multi-file DICOM WSI any file of its folder, or the folder.
         slide_id: the manifest id, quoted in errors (default: the file name without suffixes).
         mpp: level-0 µm/px from the manifest; overrides the file's metadata.
+        read_cache_bytes: budget of decoded tiles a batched read (`Slide.read_regions`) keeps;
+            None: ``unipipe.slide.batch.READ_CACHE_BYTES``.
 
     Raises:
         SlideNotFoundError: ``path`` does not exist.
         UnsupportedSlideError: no reader can use it as a brightfield RGB slide.
         MissingMppError: neither the metadata nor ``mpp`` gives microns per pixel.
+        ValueError: ``read_cache_bytes`` is not an int >= 0.
     """
     path = Path(path)
     slide_id = slide_id or path.name.split(".", 1)[0]
+    if read_cache_bytes is not None and (
+        isinstance(read_cache_bytes, bool)
+        or not isinstance(read_cache_bytes, int)
+        or read_cache_bytes < 0
+    ):
+        raise ValueError(f"read_cache_bytes must be an int >= 0, got {read_cache_bytes!r}")
     if not path.exists():
         raise not_found(slide_id, path)
     file_path = _dicom_folder_member(path, slide_id) if path.is_dir() else path
@@ -55,6 +68,8 @@ def open_slide(
         except ReaderRefusedError as err:
             refusals.append(str(err))
             continue
+        if read_cache_bytes is not None:
+            slide.read_cache_bytes = read_cache_bytes
         logger.info("opened %r", slide)
         logger.debug("reader %s opened %s", name, file_path)
         return slide
