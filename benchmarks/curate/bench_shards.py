@@ -1,9 +1,12 @@
 """Benchmark of patch-store writes and random single-patch reads (direct shard index vs zarr-python).
 
 Run: .venv/bin/python benchmarks/curate/bench_shards.py [--patches 2048] [--reads 3000]
+    [--jpeg-quality 90 80]
 Patches are real 256x256 reads of CMU-1-Small-Region at 0.5 mpp on a dense overlapping grid,
 kept where over 60% of the pixels are stained (so the figures are those of tissue, not glass).
 Prints one JSON line per configuration; everything runs in this one process (one core).
+JPEG rows also give the PSNR of the stored patches against the pixels written (pooled MSE),
+and for each --jpeg-quality one line compares 4:4:4 (the codec's) and 4:2:0 chroma on them.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pandas as pd
 import zarr
@@ -45,10 +50,26 @@ class _MemorySlide:
     def __init__(self, slide, rows: pd.DataFrame, pixels: np.ndarray) -> None:
         self.slide_id, self.mpp = slide.slide_id, slide.mpp
         self._by_xy = {(int(x), int(y)): i for i, (x, y) in enumerate(rows[["x", "y"]].to_numpy())}
-        self._pixels = pixels
+        self.pixels = pixels
 
     def read_region(self, x: int, y: int, size_px: int, mpp: float) -> np.ndarray:
-        return self._pixels[self._by_xy[(x, y)]]
+        return self.pixels[self._by_xy[(x, y)]]
+
+    def read_regions(self, origins: np.ndarray, size_px: int, mpp: float) -> Iterator[np.ndarray]:
+        """The batched read the shard writer uses, served from memory too."""
+        return (self.read_region(int(x), int(y), size_px, mpp) for x, y in origins)
+
+
+def _psnr_db(stored, written: np.ndarray) -> float:
+    """PSNR (peak 255, dB) of a stored (N, H, W, 3) uint8 array against the patches written.
+
+    The squared error is pooled over every pixel; patches are compared one at a time so that
+    memory stays that of one patch.
+    """
+    total = sum(
+        float(np.sum((stored[i].astype(np.float64) - written[i]) ** 2)) for i in range(len(written))
+    )
+    return float(10 * np.log10(255**2 / (total / written.size)))
 
 
 def _rate(fn, indices: np.ndarray) -> float:
@@ -65,12 +86,29 @@ def _rate(fn, indices: np.ndarray) -> float:
     return len(indices) / (time.process_time() - start)
 
 
+def _subsampling_rows(pixels: np.ndarray, qualities: list[int]) -> None:
+    """Print bytes/raw and pooled PSNR of 4:4:4 and 4:2:0 JPEG of ``pixels`` at each quality."""
+    for quality in qualities:
+        result: dict[str, object] = {"what": "jpeg chroma subsampling", "jpeg_quality": quality}
+        for subsampling in ("444", "420"):
+            encoded = [
+                imagecodecs.jpeg_encode(p, level=quality, subsampling=subsampling) for p in pixels
+            ]
+            decoded = np.stack([imagecodecs.jpeg_decode(e) for e in encoded])
+            result[f"bytes_over_raw_{subsampling}"] = round(
+                sum(map(len, encoded)) / pixels.nbytes, 3
+            )
+            result[f"psnr_db_{subsampling}"] = round(_psnr_db(decoded, pixels), 2)
+        print(json.dumps(result))
+
+
 def main() -> None:
     """Write stores for each codec and measure write and random-read rates."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=2048)
     parser.add_argument("--reads", type=int, default=3000)
     parser.add_argument("--per-shard", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--jpeg-quality", type=int, nargs="+", default=[90])
     args = parser.parse_args()
 
     with open_slide(SLIDE, slide_id="bench") as slide, tempfile.TemporaryDirectory() as tmp:
@@ -92,13 +130,19 @@ def main() -> None:
             json.dumps({"what": "slide.read_region 256px", "patches_per_cpu_s": round(slide_rate)})
         )
 
+        _subsampling_rows(memory.pixels[: len(rows)], args.jpeg_quality)
+
         rng = np.random.default_rng(0)
         indices = rng.integers(0, len(rows), args.reads)
         raw_bytes = len(rows) * 256 * 256 * 3
-        for compressor in ("zstd", "none", "blosc"):
+        codecs = [("zstd", 90), ("none", 90), ("blosc", 90)]
+        codecs += [("jpeg", q) for q in args.jpeg_quality]
+        for compressor, quality in codecs:
             for per_shard in args.per_shard:
-                params = ShardParams(patches_per_shard=per_shard, compressor=compressor)
-                store = Path(tmp) / f"{compressor}-{per_shard}.zarr"
+                params = ShardParams(
+                    patches_per_shard=per_shard, compressor=compressor, jpeg_quality=quality
+                )
+                store = Path(tmp) / f"{compressor}-{quality}-{per_shard}.zarr"
                 start = time.process_time()
                 write_store(memory, rows, store, params)
                 write_s = time.process_time() - start
@@ -118,6 +162,10 @@ def main() -> None:
                         _rate(slow.__getitem__, indices[: args.reads // 4])
                     ),
                 }
+                if compressor == "jpeg":
+                    result["jpeg_quality"] = quality
+                    # rows are the first tissue patches, in memory.pixels order
+                    result["psnr_db"] = round(_psnr_db(fast, memory.pixels[: len(rows)]), 2)
                 print(json.dumps(result))
 
 
