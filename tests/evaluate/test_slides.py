@@ -84,3 +84,16 @@ def test_read_slide_manifest_requires_columns(tmp_path: Path) -> None:
     (tmp_path / "slides.csv").write_text("slide_id,label,split\na,LUAD,train\n")
     with pytest.raises(ConfigError, match="features_h5"):
         read_slide_manifest(tmp_path / "slides.csv")
+
+
+def test_hold_out_moves_whole_cases() -> None:
+    """The validation hold-out never splits a case: its slides all move or all stay."""
+    from unipipe.evaluate.slides import _hold_out
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    cases = np.array(["p1", "p1", "p2", "p2", "p3", "p3", "p4", "p4"], dtype=object)
+    for seed in range(10):
+        val = _hold_out(labels, 0.5, seed, cases)
+        for case in set(cases):
+            assert len(set(val[cases == case])) == 1
+        assert val[labels == 0].sum() == 2 and val[labels == 1].sum() == 2

@@ -1,6 +1,8 @@
 """Config and manifest validation, shared paths and input functions."""
 
+import importlib.util
 import logging
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -8,8 +10,12 @@ import yaml
 from snakemake.utils import validate
 
 from unipipe.config import build_params
+from unipipe.embed.tiles import WSI_TILE_FILES
 from unipipe.evaluate.protocols import PROTOCOLS
 from unipipe.evaluate.run import BootstrapParams
+from unipipe.evaluate.segmentation import SegProbeParams
+from unipipe.evaluate.slide_manifest import MANIFEST_NAME, read_slide_manifest
+from unipipe.evaluate.slides import SLIDE_PARAM_SECTIONS, SLIDE_PROTOCOLS
 from unipipe.evaluate.tasks import load_task_registry, task_status
 from unipipe.ssl.config import PretrainConfig
 from unipipe.manifest import read_manifest
@@ -44,7 +50,9 @@ wildcard_constraints:
     slide="|".join(map(str, SLIDES.index)) if len(SLIDES) else "[^/]+",
     encoder="[A-Za-z0-9._-]+",
     task="[A-Za-z0-9._-]+",
+    dataset="[A-Za-z0-9._-]+",
     protocol="[A-Za-z0-9._-]+",
+    wsi="[A-Za-z0-9._-]+",
 
 
 TASKS = {
@@ -60,14 +68,32 @@ for _tid in config["evaluate"]["tasks"]:
         )
 
 
+# Protocols each task level can run: ROI ones from the registry, slide ones from the slide
+# stage, the segmentation probe alone. evaluate.protocols is filtered by these per task.
+LEVEL_PROTOCOLS = {
+    "roi": tuple(PROTOCOLS),
+    "slide": tuple(SLIDE_PROTOCOLS),
+    "segmentation": ("segmentation_probe",),
+}
+
+
+def eval_protocols(task_id):
+    """The task's protocols, or those of evaluate.protocols its level can run."""
+    wanted = config["evaluate"].get("protocols") or list(TASKS[task_id].protocols)
+    return [p for p in wanted if p in LEVEL_PROTOCOLS[TASKS[task_id].level]]
+
+
 def _ready_tasks():
     """Requested tasks whose data is present; the others are logged and shown in the report."""
     ready = []
     for task_id in config["evaluate"]["tasks"]:
         status, reason = task_status(TASKS[task_id])
-        if status == "ready" and TASKS[task_id].level != "roi":
-            # The library evaluates slide and segmentation tasks; the rules do not yet.
-            status, reason = "skipped", f"{TASKS[task_id].level}-level tasks have no rules yet"
+        if status == "ready" and not eval_protocols(task_id):
+            status = "skipped"
+            reason = (
+                f"none of evaluate.protocols applies to {TASKS[task_id].level}-level tasks "
+                f"(those: {list(LEVEL_PROTOCOLS[TASKS[task_id].level])})"
+            )
         if status == "ready":
             ready.append(task_id)
         else:
@@ -78,36 +104,68 @@ def _ready_tasks():
 READY_TASKS = _ready_tasks()
 
 
+def task_ids(level):
+    """Wildcard pattern of the registry's task ids of one level (never matches when none)."""
+    ids = [re.escape(t) for t, task in TASKS.items() if task.level == level]
+    return "|".join(ids) if ids else "(?!)"
+
+
 for _name in config["evaluate"]["encoders"]:
     if _name not in config["encoders"]:
         raise ValueError(
             f"config evaluate.encoders names {_name!r}, which is not under `encoders:`; "
             f"defined: {sorted(config['encoders'])}"
         )
+    if _name == "tiles":
+        # results/embed/tiles/ holds the tile tables of slide-task WSIs.
+        raise ValueError("config encoders: the name 'tiles' is reserved; rename that encoder")
+
+
+def _read_slide_tables():
+    """Each ready slide task's slides.csv, checked for every evaluated encoder's bags.
+
+    A bad manifest (missing column or file, a case in two splits) stops the run here,
+    naming the CSV and the line, before any slide is embedded.
+    """
+    tables = {}
+    for task_id in READY_TASKS:
+        if TASKS[task_id].level != "slide":
+            continue
+        csv = Path(TASKS[task_id].path) / MANIFEST_NAME
+        for encoder in config["evaluate"]["encoders"]:
+            read_slide_manifest(csv, encoder=encoder)
+        tables[task_id] = read_slide_manifest(csv).set_index("slide_id", drop=False)
+    return tables
+
+
+SLIDE_TABLES = _read_slide_tables()
 
 
 def _check_evaluate_params():
     """Refuse unknown protocols and protocol parameters before any job runs."""
     params = config["evaluate"].get("params") or {}
+    known = [p for level in LEVEL_PROTOCOLS.values() for p in level]
     for name in config["evaluate"].get("protocols") or []:
-        if name not in PROTOCOLS:
+        if name not in known:
             raise ValueError(
-                f"config evaluate.protocols names {name!r}; known protocols: {sorted(PROTOCOLS)}"
+                f"config evaluate.protocols names {name!r}; known protocols: {sorted(known)}"
             )
     for name, section in params.items():
-        if name == "bootstrap":
-            build_params(BootstrapParams, section, "evaluate.params.bootstrap")
-        elif name in PROTOCOLS:
-            build_params(PROTOCOLS[name].params_cls, section, f"evaluate.params.{name}")
-        elif name not in SLIDE_LEVEL_PARAMS:
+        if name not in PARAM_SECTIONS:
             raise ValueError(
                 f"config evaluate.params has {name!r}, which is no protocol; "
-                f"known: {sorted([*PROTOCOLS, 'bootstrap', *SLIDE_LEVEL_PARAMS])}"
+                f"known: {sorted(PARAM_SECTIONS)}"
             )
+        build_params(PARAM_SECTIONS[name], section, f"evaluate.params.{name}")
 
 
-# Sections read by the library's slide-level and segmentation evaluation (no rules yet).
-SLIDE_LEVEL_PARAMS = ("abmil", "mi_simpleshot", "slides", "segmentation_probe")
+# evaluate.params section -> the dataclass its job builds; all are built once here.
+PARAM_SECTIONS = {
+    **{name: protocol.params_cls for name, protocol in PROTOCOLS.items()},
+    **SLIDE_PARAM_SECTIONS,
+    "segmentation_probe": SegProbeParams,
+    "bootstrap": BootstrapParams,
+}
 _check_evaluate_params()
 # The recipe and its overrides are resolved now, so a typo fails here, not after curation.
 PretrainConfig.from_yaml(config["pretrain"]["config"], config["pretrain"].get("overrides"))
@@ -182,14 +240,85 @@ def protocol_params(protocol):
     return {protocol: params.get(protocol) or {}, "bootstrap": params.get("bootstrap") or {}}
 
 
-def eval_protocols(task_id):
-    return config["evaluate"].get("protocols") or list(TASKS[task_id].protocols)
+def slide_protocol_params(protocol):
+    """A slide protocol's parameters, the validation hold-out's and the bootstrap's."""
+    params = config["evaluate"].get("params") or {}
+    return {
+        protocol: params.get(protocol) or {},
+        "slides": params.get("slides") or {},
+        "bootstrap": params.get("bootstrap") or {},
+    }
+
+
+def slide_task_wsis(task_id):
+    """Slide ids of a slide task's rows that name a WSI (embedded by this workflow)."""
+    table = SLIDE_TABLES[task_id]
+    return sorted(table.index[table["slide_path"] != ""])
+
+
+def wsi_row(wildcards):
+    """slides.csv row of one WSI of a slide task."""
+    if wildcards.wsi not in slide_task_wsis(wildcards.task):
+        raise ValueError(
+            f"{wildcards.wsi!r} is no slide_path row of task {wildcards.task!r} "
+            f"({Path(TASKS[wildcards.task].path) / MANIFEST_NAME})"
+        )
+    return SLIDE_TABLES[wildcards.task].loc[wildcards.wsi]
+
+
+def wsi_mpp(wildcards):
+    """The slides.csv mpp of a WSI, or None to use the file's metadata."""
+    mpp = wsi_row(wildcards)["mpp"]
+    return None if pd.isna(mpp) else float(mpp)
+
+
+def slide_bags(encoder, task_id):
+    """slide_id -> this encoder's bag: embedded by embed_slide or prebuilt (features_h5)."""
+    table = SLIDE_TABLES[task_id]
+    bags = {}
+    for slide_id, row in table.iterrows():
+        if row["slide_path"]:
+            bags[slide_id] = f"{RESULTS}/embed/{encoder}/{task_id}/slides/{slide_id}.h5"
+        else:
+            bags[slide_id] = row["features_h5"].replace("{encoder}", encoder)
+    return bags
+
+
+def get_slide_bags(wildcards):
+    return list(slide_bags(wildcards.encoder, wildcards.task).values())
+
+
+def heatmap_slides(task_id):
+    """slide_id -> (WSI path or None, mpp or None): the thumbnails heatmaps are drawn on."""
+    table = SLIDE_TABLES[task_id]
+    return {
+        slide_id: (row["slide_path"] or None, None if pd.isna(row["mpp"]) else float(row["mpp"]))
+        for slide_id, row in table.iterrows()
+    }
+
+
+# Heatmap images come from unipipe.report.heatmaps; without it only heatmaps.parquet is made.
+HEATMAPS = importlib.util.find_spec("unipipe.report.heatmaps") is not None
 
 
 def get_eval_targets():
+    """metrics.json of every ready task x evaluated encoder x protocol (the report's input)."""
     return [
         f"{RESULTS}/eval/{encoder}/{task}/{protocol}/metrics.json"
         for task in READY_TASKS
+        for encoder in config["evaluate"]["encoders"]
+        for protocol in eval_protocols(task)
+    ]
+
+
+def get_heatmap_targets():
+    """Heatmap folders of every slide task x encoder x protocol (none without the renderer)."""
+    if not HEATMAPS:
+        return []
+    return [
+        f"{RESULTS}/eval/{encoder}/{task}/{protocol}/heatmaps"
+        for task in READY_TASKS
+        if TASKS[task].level == "slide"
         for encoder in config["evaluate"]["encoders"]
         for protocol in eval_protocols(task)
     ]
@@ -200,5 +329,6 @@ def get_final_outputs():
         f"{RESULTS}/shards/index.parquet",
         f"{TRAIN_DIR}/encoder.json",
         *get_eval_targets(),
+        *get_heatmap_targets(),
         f"{RESULTS}/report/index.html",
     ]

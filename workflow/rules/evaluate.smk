@@ -1,4 +1,4 @@
-"""One job per encoder x task x protocol, from cached embeddings."""
+"""One job per encoder x task x protocol, from cached embeddings (ROI, slide, segmentation)."""
 
 
 rule evaluate:
@@ -12,6 +12,8 @@ rule evaluate:
         "logs/evaluate/{encoder}/{task}/{protocol}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{encoder}}/{{task}}/{{protocol}}.tsv"
+    wildcard_constraints:
+        task=task_ids("roi"),
     conda:
         f"{ENVS}/eval.yaml"
     threads: 1
@@ -24,3 +26,86 @@ rule evaluate:
         seed=config["seed"],
     script:
         "../scripts/evaluate.py"
+
+
+rule evaluate_slides:
+    input:
+        manifest=rules.list_slide_bags.output.manifest,
+        bags=get_slide_bags,
+    output:
+        metrics=f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/metrics.json",
+        predictions=f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/predictions.parquet",
+        heatmaps=f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/heatmaps.parquet",
+        sidecar=f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/evaluate.json",
+    log:
+        "logs/evaluate_slides/{encoder}/{task}/{protocol}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_slides/{{encoder}}/{{task}}/{{protocol}}.tsv"
+    wildcard_constraints:
+        task=task_ids("slide"),
+        protocol="|".join(LEVEL_PROTOCOLS["slide"]),
+    conda:
+        f"{ENVS}/eval.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        task=lambda w: task_spec(w.task),
+        protocol_params=lambda w: slide_protocol_params(w.protocol),
+        seed=config["seed"],
+    script:
+        "../scripts/evaluate_slides.py"
+
+
+rule render_heatmaps:
+    input:
+        heatmaps=rules.evaluate_slides.output.heatmaps,
+    output:
+        # A folder: Snakemake removes it whole if the job fails, so no partial set remains.
+        images=directory(f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/heatmaps"),
+    log:
+        "logs/render_heatmaps/{encoder}/{task}/{protocol}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/render_heatmaps/{{encoder}}/{{task}}/{{protocol}}.tsv"
+    wildcard_constraints:
+        task=task_ids("slide"),
+        protocol="|".join(LEVEL_PROTOCOLS["slide"]),
+    conda:
+        f"{ENVS}/eval.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        slides=lambda w: heatmap_slides(w.task),
+    script:
+        "../scripts/render_heatmaps.py"
+
+
+rule evaluate_segmentation:
+    input:
+        encoder=get_encoder_inputs,
+        data=lambda w: TASKS[w.task].path,
+    output:
+        metrics=f"{RESULTS}/eval/{{encoder}}/{{task}}/segmentation_probe/metrics.json",
+        sidecar=f"{RESULTS}/eval/{{encoder}}/{{task}}/segmentation_probe/evaluate.json",
+    log:
+        "logs/evaluate_segmentation/{encoder}/{task}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_segmentation/{{encoder}}/{{task}}.tsv"
+    wildcard_constraints:
+        task=task_ids("segmentation"),
+    conda:
+        f"{ENVS}/eval.yaml"
+    threads: config["embed"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        task=lambda w: task_spec(w.task),
+        encoder_spec=lambda w: encoder_spec(w.encoder),
+        protocol_params=lambda w: protocol_params("segmentation_probe"),
+        seed=config["seed"],
+    script:
+        "../scripts/evaluate_segmentation.py"

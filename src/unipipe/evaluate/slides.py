@@ -62,14 +62,27 @@ SLIDE_PARAM_SECTIONS = {
 }
 
 
-def _hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of train slides moved to validation: >= 1 per class with >= 2 slides."""
+def _hold_out(
+    labels: np.ndarray, fraction: float, seed: int, cases: np.ndarray | None = None
+) -> np.ndarray:
+    """Boolean mask of train slides moved to validation: >= 1 case per class with >= 2 cases.
+
+    Whole cases move (``cases``: case id per slide, "" = the slide is its own case), so no
+    patient has slides on both sides; a case counts under the label of its first slide.
+    """
     rng = np.random.default_rng(seed)
+    if cases is None:
+        cases = np.array([""] * len(labels), dtype=object)
+    units = np.array([c if c else f"\0slide{i}" for i, c in enumerate(cases)], dtype=object)
+    names, first = np.unique(units, return_index=True)
+    # Cases in order of first appearance: without case ids the picks equal per-slide ones.
+    order = np.argsort(first)
+    names, first = names[order], first[order]
     val = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
-        rows = np.flatnonzero(labels == c)
-        n_val = max(1, round(fraction * len(rows))) if len(rows) >= 2 else 0
-        val[rng.choice(rows, size=n_val, replace=False)] = True
+        pool = names[labels[first] == c]
+        n_val = max(1, round(fraction * len(pool))) if len(pool) >= 2 else 0
+        val[np.isin(units, rng.choice(pool, size=n_val, replace=False))] = True
     return val
 
 
@@ -229,7 +242,8 @@ def run_evaluate_slides(
     is_val = table["split"].eq("val").to_numpy()
     if not is_val.any():
         moved = np.zeros(len(table), dtype=bool)
-        moved[is_train] = _hold_out(labels[is_train], split_params.val_fraction, seed)
+        moved[is_train] = _hold_out(labels[is_train], split_params.val_fraction, seed,
+                                    table["case_id"].to_numpy(object)[is_train])  # fmt: skip
         is_val, is_train = moved, is_train & ~moved
     loaded = [read_bag(p) for p in table["features_h5"]]
     bags = [bag.features for bag in loaded]

@@ -1,0 +1,25 @@
+"""Snakemake script for rule tile_eval_slide."""
+
+from pathlib import Path
+
+from unipipe.config import build_params
+from unipipe.curate.artefacts import ArtefactParams
+from unipipe.curate.tiling import TilingParams
+from unipipe.curate.tissue import TissueParams
+from unipipe.embed.tiles import run_tile_wsi
+from unipipe.logs import stage_logging
+from unipipe.runtime import limit_threads
+
+sm = snakemake  # noqa: F821  (injected by Snakemake)
+
+with stage_logging(sm.log[0]):
+    limit_threads(sm.threads)
+    run_tile_wsi(
+        sm.input.slide,
+        slide_id=sm.wildcards.wsi,
+        mpp=sm.params.mpp,
+        tissue=build_params(TissueParams, sm.params.tissue, "curate.tissue"),
+        artefacts=build_params(ArtefactParams, sm.params.artefacts, "curate.artefacts"),
+        tiling=build_params(TilingParams, sm.params.tiling, "curate.tiling"),
+        out_dir=Path(sm.output.tiles).parent,
+    )
