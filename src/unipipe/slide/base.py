@@ -221,7 +221,14 @@ class Slide(abc.ABC):
             return self._decode_error(level, *box, err)
 
         budget = self.read_cache_bytes if cache_bytes is None else cache_bytes
-        pixels = read_boxes(grid, boxes, cache_bytes=budget, stats=stats, on_error=error)
+        pixels = read_boxes(
+            grid,
+            boxes,
+            cache_bytes=budget,
+            stats=stats,
+            on_error=error,
+            reuse_output=plan.resize != "copy",  # finish() copies into a new array
+        )
         return (plan.finish(p) for p in pixels)
 
     def _tile_grid(self, level: int) -> TileGrid | None:

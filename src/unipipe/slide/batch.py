@@ -87,6 +87,7 @@ def read_boxes(
     cache_bytes: int = READ_CACHE_BYTES,
     stats: BatchStats | None = None,
     on_error: Callable[[tuple[int, int, int, int], Exception], Exception] | None = None,
+    reuse_output: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield the (h, w, 3) uint8 pixels of each box (x, y, w, h in level pixels), in order.
 
@@ -102,6 +103,9 @@ def read_boxes(
         stats: filled in as boxes are served.
         on_error: turns a decoder's exception and the box being read into the exception
             to raise (the slide's error naming slide and box); None re-raises as is.
+        reuse_output: yield one buffer per box size, overwritten by the next box, for a
+            consumer that is done with each box before asking for the next (a resize);
+            saves allocating and faulting in a fresh megabyte per 0.5 mpp patch.
     """
     stats = stats if stats is not None else BatchStats()
     # Clip each box to the level once; its tiles, and when every tile is needed.
@@ -127,10 +131,17 @@ def read_boxes(
     farthest: list[tuple[int, int]] = []  # (-next use, tile); stale entries skipped on pop
     held = 0
     tw, th = grid.tile_w, grid.tile_h
+    buffers: dict[tuple[int, int], np.ndarray] = {}
     for i, (x, y, w, h) in enumerate(boxes):
         box = clipped[i]
         inside = box is not None and box == (x, y, w, h)
-        out = np.empty((h, w, 3), np.uint8) if inside else np.full((h, w, 3), _BACKGROUND, np.uint8)
+        out = buffers.get((w, h)) if reuse_output else None
+        if out is None:
+            out = np.empty((h, w, 3), np.uint8)
+            if reuse_output:
+                buffers[(w, h)] = out
+        if not inside:
+            out[:] = _BACKGROUND
         if box is not None:
             bx, by, bw, bh = box
             for t in plan[i]:
