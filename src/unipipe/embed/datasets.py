@@ -50,9 +50,10 @@ def decode_rgb(data: bytes) -> np.ndarray:
     """Encoded image bytes -> (H, W, 3) uint8 RGB, the pixels PIL's ``convert("RGB")`` gives.
 
     Three-component JPEGs (the ROI datasets' usual format) go through libjpeg-turbo via
-    imagecodecs, without PIL's per-image object and copy overhead (about 1.5x faster here);
+    imagecodecs, without PIL's per-image object and copy overhead (about 2x faster here);
     everything else (PNG, TIFF, grey or CMYK JPEG) goes through PIL. Both paths leave EXIF
-    orientation unapplied, as PIL does.
+    orientation unapplied, and both read a JPEG that stores RGB without marking it (as
+    Aperio tiles do) as YCbCr: the fast path changes speed, not the pixels PIL gave.
     """
     if data[:3] == _JPEG_MAGIC:
         try:
