@@ -96,4 +96,81 @@ def test_hold_out_moves_whole_cases() -> None:
         val = _hold_out(labels, 0.5, seed, cases)
         for case in set(cases):
             assert len(set(val[cases == case])) == 1
-        assert val[labels == 0].sum() == 2 and val[labels == 1].sum() == 2
+        assert val[labels == 0].sum() == 2
+        assert val[labels == 1].sum() == 2
+
+
+SVS = Path(__file__).resolve().parents[2] / "resources" / "slides" / "CMU-1-Small-Region.svs"
+BAG = Path(__file__).resolve().parents[2] / "resources" / "features" / "TCGA-AD-6964-01Z-00-DX1.h5"
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (["slide_id,label,features_h5", f"a,x,{BAG}"], r"lacks column\(s\) \['split'\]"),
+        (["slide_id,label,split", "a,x,train"], "neither a features_h5 nor a slide_path"),
+        (["slide_id,label,split,features_h5,slide_path", f"a,x,train,{BAG},{SVS}"],
+         r"line 2 \(slide 'a'\): give either .* not both"),
+        (["slide_id,label,split,features_h5,slide_path", "a,x,train,,"],
+         r"line 2 \(slide 'a'\): give either .* one of them"),
+        (["slide_id,label,split,slide_path", f"a,x,train,{SVS}", "b,x,test,missing.svs"],
+         r"line 3 \(slide 'b'\): slide_path .*missing.svs does not exist"),
+        (["slide_id,label,split,features_h5", "a,x,train,bags/{encoder}/a.h5"],
+         r"line 2 \(slide 'a'\): features_h5 .*bags/enc/a.h5 does not exist for encoder 'enc'"),
+        (["slide_id,label,split,slide_path,mpp", f"a,x,train,{SVS},fast"], "mpp 'fast'"),
+        (["slide_id,label,split,features_h5", f"a/b,x,train,{BAG}"], "slide_id may hold only"),
+        (["slide_id,label,split,features_h5", f"a,x,train,{BAG}", f"a,x,test,{BAG}"],
+         r"\['a'\] appear more than once"),
+        (["slide_id,label,split,case_id,features_h5", f"a,x,train,P1,{BAG}",
+          f"b,y,test,P1,{BAG}", f"c,y,test,P2,{BAG}"],
+         r"case 'P1' has slides in splits \['test', 'train'\] \(a, b\)"),
+    ],
+)  # fmt: skip
+def test_read_slide_manifest_refuses_bad_rows(rows: list[str], message: str,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    """Each bad manifest is refused with a ConfigError naming the CSV (and line) and the fix."""
+    (tmp_path / "slides.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match=message) as err:
+        read_slide_manifest(tmp_path / "slides.csv", encoder="enc")
+    assert str(tmp_path / "slides.csv") in str(err.value)
+
+
+def test_read_slide_manifest_resolves_sources(tmp_path: Path) -> None:
+    """Paths resolve against the CSV; {encoder} is filled in; mpp, case_id are read."""
+    (tmp_path / "bags" / "enc").mkdir(parents=True)
+    (tmp_path / "bags" / "enc" / "b.h5").write_bytes(BAG.read_bytes())
+    rows = ["slide_id,label,split,case_id,features_h5,slide_path,mpp",
+            "b,LUSC,test,P2,bags/{encoder}/b.h5,,", f"a,LUAD,train,P1,,{SVS},0.25"]  # fmt: skip
+    (tmp_path / "slides.csv").write_text("\n".join(rows) + "\n")
+    table = read_slide_manifest(tmp_path / "slides.csv", encoder="enc")
+    assert table["slide_id"].tolist() == ["a", "b"]
+    assert table["features_h5"].tolist() == ["", str(tmp_path / "bags" / "enc" / "b.h5")]
+    assert table["slide_path"].tolist() == [str(SVS), ""]
+    assert table["mpp"].iloc[0] == 0.25
+    assert np.isnan(table["mpp"].iloc[1])
+    templated = read_slide_manifest(tmp_path / "slides.csv")
+    assert templated["features_h5"].iloc[1].endswith("bags/{encoder}/b.h5")
+
+
+def test_run_evaluate_slides_needs_bags_of_wsi_rows(demo_h5: Path, tmp_path: Path) -> None:
+    """A slide_path row without an embedded bag is refused, naming the slide."""
+    rows = ["slide_id,label,split,slide_path", f"w1,LUAD,train,{SVS}"]
+    (tmp_path / "slides.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match=r"\['w1'\] have a slide_path but no bag"):
+        run_evaluate_slides(tmp_path / "slides.csv", task=TASK, params=PARAMS, seed=0,
+                            metrics_json=tmp_path / "m.json", predictions_parquet=tmp_path / "p",
+                            sidecar=tmp_path / "s.json")  # fmt: skip
+
+
+def test_run_evaluate_slides_heatmaps_carry_size_l0(demo_h5: Path, tmp_path: Path) -> None:
+    """heatmaps.parquet has size_l0 from the bag's attribute, -1 where the bag has none."""
+    manifest = _write_slides(demo_h5, tmp_path)
+    for h5 in sorted(tmp_path.glob("s*.h5"))[::2]:
+        with h5py.File(h5, "a") as f:
+            f.attrs["size_l0"] = 512
+    run_evaluate_slides(manifest, task=TASK, params={"bootstrap": {"n_resamples": 0}}, seed=0,
+                        metrics_json=tmp_path / "m.json", predictions_parquet=tmp_path / "p.pq",
+                        sidecar=tmp_path / "s.json", protocol="mi_simpleshot",
+                        heatmaps_parquet=tmp_path / "h.pq")  # fmt: skip
+    heat = pq.read_table(tmp_path / "h.pq").to_pandas()
+    assert set(heat["size_l0"]) == {512, -1}

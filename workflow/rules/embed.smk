@@ -77,25 +77,3 @@ rule embed_slide:
         embed=config["embed"],
     script:
         "../scripts/embed_slide.py"
-
-
-rule list_slide_bags:
-    input:
-        manifest=lambda w: f"{TASKS[w.task].path}/{MANIFEST_NAME}",
-        bags=get_slide_bags,
-    output:
-        manifest=f"{RESULTS}/embed/{{encoder}}/{{task}}/slides.csv",
-    log:
-        "logs/list_slide_bags/{encoder}/{task}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/list_slide_bags/{{encoder}}/{{task}}.tsv"
-    conda:
-        f"{ENVS}/eval.yaml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    params:
-        bags=lambda w: {s: slide_bags(w.encoder, w.task)[s] for s in slide_task_wsis(w.task)},
-    script:
-        "../scripts/list_slide_bags.py"

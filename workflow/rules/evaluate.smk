@@ -28,11 +28,18 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+# images: one heatmap JPEG per test slide, declared as a folder so that a failed job leaves
+# none of it behind (only when unipipe.report.heatmaps is installed).
 rule evaluate_slides:
     input:
-        manifest=rules.list_slide_bags.output.manifest,
+        manifest=lambda w: f"{TASKS[w.task].path}/{MANIFEST_NAME}",
         bags=get_slide_bags,
     output:
+        **(
+            {"images": directory(f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/heatmaps")}
+            if HEATMAPS
+            else {}
+        ),
         metrics=f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/metrics.json",
         predictions=f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/predictions.parquet",
         heatmaps=f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/heatmaps.parquet",
@@ -54,33 +61,10 @@ rule evaluate_slides:
         task=lambda w: task_spec(w.task),
         protocol_params=lambda w: slide_protocol_params(w.protocol),
         seed=config["seed"],
+        bags=lambda w: {s: slide_bags(w.encoder, w.task)[s] for s in slide_task_wsis(w.task)},
+        heatmap_slides=lambda w: heatmap_slides(w.task),
     script:
         "../scripts/evaluate_slides.py"
-
-
-rule render_heatmaps:
-    input:
-        heatmaps=rules.evaluate_slides.output.heatmaps,
-    output:
-        # A folder: Snakemake removes it whole if the job fails, so no partial set remains.
-        images=directory(f"{RESULTS}/eval/{{encoder}}/{{task}}/{{protocol}}/heatmaps"),
-    log:
-        "logs/render_heatmaps/{encoder}/{task}/{protocol}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/render_heatmaps/{{encoder}}/{{task}}/{{protocol}}.tsv"
-    wildcard_constraints:
-        task=task_ids("slide"),
-        protocol="|".join(LEVEL_PROTOCOLS["slide"]),
-    conda:
-        f"{ENVS}/eval.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=20,
-    params:
-        slides=lambda w: heatmap_slides(w.task),
-    script:
-        "../scripts/render_heatmaps.py"
 
 
 rule evaluate_segmentation:

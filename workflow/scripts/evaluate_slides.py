@@ -19,4 +19,16 @@ with stage_logging(sm.log[0]):
         encoder_name=sm.wildcards.encoder,
         protocol=sm.wildcards.protocol,
         heatmaps_parquet=sm.output.heatmaps,
+        bags=sm.params.bags,
     )
+    if hasattr(sm.output, "images"):
+        # Imported here: without the report package the rule declares no images.
+        from unipipe.report.heatmaps import render_slide_heatmaps
+
+        slides = sm.params.heatmap_slides
+        render_slide_heatmaps(
+            sm.output.heatmaps,
+            {slide_id: path for slide_id, (path, _) in slides.items()},
+            sm.output.images,
+            mpp={slide_id: mpp for slide_id, (_, mpp) in slides.items() if mpp},
+        )

@@ -5,14 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from unipipe.errors import ConfigError
-from unipipe.provenance import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +18,6 @@ __all__ = [
     "ENCODER_PLACEHOLDER",
     "MANIFEST_NAME",
     "read_slide_manifest",
-    "write_bag_manifest",
 ]
 
 # The slide_bags adapter reads {task path}/slides.csv.
@@ -165,39 +162,3 @@ def read_slide_manifest(
     table["features_h5"] = [str(root / b) if b else "" for b in bags]
     table["slide_path"] = [str(root / p) if p else "" for p in table["slide_path"]]
     return table.sort_values("slide_id", kind="stable").reset_index(drop=True)
-
-
-def write_bag_manifest(
-    task_csv: str | os.PathLike[str],
-    out_csv: str | os.PathLike[str],
-    *,
-    encoder: str,
-    bags: Mapping[str, str | os.PathLike[str]],
-) -> None:
-    """Write one encoder's manifest of a task: every row's features_h5 names that encoder's bag.
-
-    Rows of ``task_csv`` with a features_h5 keep it (``{encoder}`` resolved); rows with a
-    slide_path take ``bags[slide_id]``, the bag the workflow embedded from that WSI. Paths
-    are written relative to ``out_csv``; slide_path and mpp are left out, so the result is
-    a plain features_h5 manifest that ``run_evaluate_slides`` reads.
-
-    Args:
-        task_csv: the task's slides.csv.
-        out_csv: e.g. results/embed/{encoder}/{task}/slides.csv.
-        encoder: the encoder's config name.
-        bags: slide_id -> embedded bag h5, for the slide_path rows.
-    """
-    table = read_slide_manifest(task_csv, encoder=encoder)
-    embedded = table["slide_path"] != ""
-    lacking = sorted(set(table["slide_id"][embedded]) - set(bags))
-    if lacking:
-        raise ConfigError(f"{os.fspath(task_csv)}: no embedded bag given for slide(s) {lacking}")
-    table.loc[embedded, "features_h5"] = [os.fspath(bags[s]) for s in table["slide_id"][embedded]]
-    base = Path(out_csv).resolve().parent
-    table["features_h5"] = [os.path.relpath(Path(p).resolve(), base) for p in table["features_h5"]]
-    columns = ["slide_id", "label", "split", "features_h5"]
-    columns += [c for c in ("cohort", "case_id") if (table[c] != "").any()]
-    with atomic_path(out_csv) as tmp:
-        table[columns].to_csv(tmp, index=False)
-    logger.info("%s: %s slides for encoder %s (%s embedded here)", out_csv, len(table), encoder,
-                int(embedded.sum()))  # fmt: skip

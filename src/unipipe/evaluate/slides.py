@@ -184,6 +184,19 @@ def _cohort_scores(
     return out
 
 
+def _resolve_bags(table: Any, bags: Mapping[str, Any], manifest_csv: Any) -> list[str]:
+    """Every row's bag: its features_h5, or for a slide_path row the bag embedded from it."""
+    lacking = [s for s, h5 in zip(table["slide_id"], table["features_h5"], strict=True)
+               if not h5 and s not in bags]  # fmt: skip
+    if lacking:
+        raise ConfigError(
+            f"{os.fspath(manifest_csv)}: slide(s) {lacking[:5]} have a slide_path but no bag; "
+            "embed them first (the workflow's embed_slide rule) and pass them as `bags`"
+        )
+    return [h5 or os.fspath(bags[s]) for s, h5 in zip(table["slide_id"], table["features_h5"],
+                                                       strict=True)]  # fmt: skip
+
+
 def run_evaluate_slides(
     manifest_csv: str | os.PathLike[str],
     *,
@@ -196,6 +209,7 @@ def run_evaluate_slides(
     encoder_name: str = "",
     protocol: str = "abmil",
     heatmaps_parquet: str | os.PathLike[str] | None = None,
+    bags: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> None:
     """Train ABMIL on the train slides (early stopping on val), score the test slides.
 
@@ -213,10 +227,12 @@ def run_evaluate_slides(
             x, y (level 0, -1 when the bag has no coords), size_l0 (patch side in level-0
             px, -1 when the bag does not record it; see ``bag_size_l0``) and score (ABMIL
             attention, or MI-SimpleShot similarity to the predicted class's prototype).
+        bags: slide_id -> the bag embedded from that row's slide_path (the workflow's
+            results/embed/{encoder}/{task}/slides/{slide_id}.h5); rows with a features_h5
+            use it, with ``{encoder}`` replaced by ``encoder_name``.
 
     Raises:
-        ConfigError: the manifest has slide_path rows (WSIs not embedded yet): evaluate the
-            per-encoder manifest the workflow writes, results/embed/{encoder}/{task}/slides.csv.
+        ConfigError: a slide_path row has no entry in ``bags``.
     """
     params = dict(params or {})
     if protocol not in SLIDE_PROTOCOLS:
@@ -224,13 +240,7 @@ def run_evaluate_slides(
     split_params = build_params(SlideSplitParams, params.get("slides"), "evaluate.slides")
     boot = build_params(BootstrapParams, params.get("bootstrap"), "evaluate.bootstrap")
     table = read_slide_manifest(manifest_csv, encoder=encoder_name or None)
-    unembedded = table["slide_id"][table["features_h5"] == ""].tolist()
-    if unembedded:
-        raise ConfigError(
-            f"{os.fspath(manifest_csv)}: slide(s) {unembedded[:5]} have a slide_path but no "
-            "features_h5; embed them first (the workflow writes results/embed/{encoder}/"
-            "{task}/slides.csv with every bag) and evaluate that manifest"
-        )
+    table["features_h5"] = _resolve_bags(table, bags or {}, manifest_csv)
     classes = list(task.get("classes") or sorted(table["label"].unique()))
     lookup = {c: i for i, c in enumerate(classes)}
     table = table[table["label"].isin(lookup)].reset_index(drop=True)

@@ -169,7 +169,8 @@ def load_task_registry(
 
 
 # Slide-level adapters unipipe implements: slide_bags reads {path}/slides.csv (slide_id,
-# label, split, features_h5) and runs unipipe.evaluate.slides.run_evaluate_slides.
+# label, split, optional cohort and case_id, and per row features_h5 or slide_path; see
+# unipipe.evaluate.slide_manifest), evaluated by unipipe.evaluate.slides.run_evaluate_slides.
 SLIDE_ADAPTERS = {"slide_bags": "slides.csv"}
 # Segmentation adapters: segpath reads {path}/{split}/images/* and same-named masks/*
 # (unipipe.evaluate.segmentation.run_segmentation_probe).
