@@ -100,6 +100,8 @@ def _write_config(root: Path, tasks: dict[str, Path]) -> Path:
     registry = {"tasks": {
         "wsi_plumbing": {**entry, "path": str(tasks["wsi"])},
         "bag_plumbing": {**entry, "path": str(tasks["bag"]), "classes": list(MOPADI)},
+        # No slides.csv there: reported as skipped with that path, never planned.
+        "absent_slides": {**entry, "path": str(tasks["wsi"].parent / "absent")},
         "seg_plumbing": {"level": "segmentation", "adapter": "segpath", "path": str(tasks["seg"]),
                          "classes": ["background", "tissue"], "protocols": ["segmentation_probe"],
                          "metrics": ["dice"]},
@@ -153,6 +155,14 @@ def test_slide_tasks_plan_expected_jobs(slide_run):
     assert counts["embed_slide"] == n_wsi * n_enc
     assert counts["evaluate_slides"] == 2 * n_enc * 2
     assert counts["evaluate_segmentation"] == n_enc
+
+
+def test_slide_tasks_missing_manifest_is_skipped(slide_run):
+    """A slide task without slides.csv is logged as skipped with that path and plans nothing."""
+    _, _, plan = slide_run
+    text = plan.stdout + plan.stderr
+    assert "absent_slides" not in text.replace("task 'absent_slides' skipped", "")
+    assert re.search(r"task 'absent_slides' skipped: data not found at \S*absent/slides.csv", text)
 
 
 def test_slide_tasks_metrics_per_encoder_and_protocol(slide_run):
