@@ -5,6 +5,8 @@ rule report:
     input:
         metrics=get_eval_targets(),
         compare=COMPARE_TARGETS,
+        # Not read by name: run_report finds the JPEGs beside each metrics.json.
+        heatmaps=get_heatmap_targets(),
         curation=expand(
             f"{RESULTS}/curate/{{slide}}/{{name}}",
             slide=SLIDES.index,
