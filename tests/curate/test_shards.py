@@ -235,7 +235,11 @@ def test_run_write_shards_jpeg_close_and_small(
 
 
 def test_jpeg_store_opens_in_fresh_process(svs_path: Path, tmp_path: Path) -> None:
-    """Plain zarr.open in a new process reads a JPEG store after importing unipipe, not before."""
+    """Plain zarr.open in a new process reads a JPEG store: the codec is a zarr entry point.
+
+    Without the entry point (another environment, unipipe not installed) zarr refuses the
+    store naming the codec; that is simulated by hiding unipipe's distribution metadata.
+    """
     selected = _selected(svs_path, [(256, 0.5)], 5)
     store = _write(
         svs_path, tmp_path, selected, ShardParams(patches_per_shard=4, compressor="jpeg")
@@ -243,22 +247,29 @@ def test_jpeg_store_opens_in_fresh_process(svs_path: Path, tmp_path: Path) -> No
     np.save(tmp_path / "expected.npy", zarr.open_array(store / "patches", mode="r")[:])
     script = (
         "import sys, numpy as np\n"
-        "{imports}\n"
+        "{prelude}\n"
+        "import zarr\n"
         "patches = zarr.open(sys.argv[1], mode='r')['patches']\n"
         "np.testing.assert_array_equal(patches[:], np.load(sys.argv[2]))\n"
     )
     args = [str(store), str(tmp_path / "expected.npy")]
 
-    with_unipipe = "import unipipe.curate.shards, zarr"
     done = subprocess.run(
-        [sys.executable, "-c", script.format(imports=with_unipipe), *args],
+        [sys.executable, "-c", script.format(prelude=""), *args],
         capture_output=True,
         text=True,
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    # Hide the entry point: without it zarr must name the codec it does not know.
+    hide = (
+        "import importlib.metadata as md\n"
+        "_eps = md.EntryPoints(e for d in md.distributions() for e in d.entry_points\n"
+        "                      if not e.value.startswith('unipipe.'))\n"
+        "md.entry_points = lambda **kw: _eps.select(**kw) if kw else _eps"
+    )
     done = subprocess.run(
-        [sys.executable, "-c", script.format(imports="import zarr"), *args],
+        [sys.executable, "-c", script.format(prelude=hide), *args],
         capture_output=True,
         text=True,
         check=False,

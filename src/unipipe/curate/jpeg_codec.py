@@ -86,10 +86,10 @@ class JpegCodec(ArrayBytesCodec):
     It takes the place of the ``bytes`` serializer, typically as the inner codec of the
     sharding codec with one chunk per patch. The JSON form is
     ``{"name": "unipipe.jpeg", "configuration": {"quality": 90, "subsampling": "444"}}``;
-    importing this module (which ``unipipe.curate.shards`` and ``shard_index`` do) registers
-    it with zarr, so such a process opens these arrays with plain ``zarr.open``. No other
-    Zarr implementation knows this codec (neither zarr nor imagecodecs ships a Zarr v3 JPEG
-    codec), so they refuse such arrays. Encoding is deterministic (libjpeg-turbo through
+    unipipe's ``zarr.codecs`` entry point (pyproject.toml) makes zarr-python load it on
+    demand wherever unipipe is installed, and importing this module registers it too. No
+    other Zarr implementation knows this codec (neither zarr nor imagecodecs ships a Zarr v3
+    JPEG codec), so they refuse such arrays. Encoding is deterministic (libjpeg-turbo through
     imagecodecs), so reruns write identical bytes. Decoding a 256 px H&E patch costs about
     0.4-0.5 ms of CPU, which caps random reads near 2,000 patches per core-second.
 
