@@ -208,9 +208,11 @@ def test_slide_tasks_one_metrics_path_reruns_alone(slide_run):
     assert _job_counts(proc) == {"evaluate_slides": 1}
 
 
-def test_slide_tasks_case_leak_fails_at_start(slide_run, tmp_path):
+def test_slide_tasks_case_leak_fails_at_start(tmp_path):
     """A case with slides in train and test stops the run before any job, naming the CSV."""
-    workdir, _, _ = slide_run
+    workdir = make_workdir(
+        tmp_path / "run", {"CMU-1-Small-Region": SLIDES / "CMU-1-Small-Region.svs"}
+    )
     leak = tmp_path / "leak"
     leak.mkdir()
     rows = ["slide_id,label,split,case_id,slide_path",
@@ -229,3 +231,24 @@ def test_slide_tasks_case_leak_fails_at_start(slide_run, tmp_path):
     text = proc.stdout + proc.stderr
     assert str(leak / "slides.csv") in text
     assert "case 'P1'" in text
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("abmil", {"learning_rate": 1e-4}, r"'evaluate.params.abmil' has unknown field"),
+        ("mi_simpleshot", {"topk": 5}, r"'evaluate.params.mi_simpleshot' has unknown field"),
+        ("slides", {"val_fraction": 1.5}, r"val_fraction must be in \(0, 1\)"),
+        ("segmentation_probe", {"C": 0}, r"evaluate.segmentation_probe: img_size >= 16, C > 0"),
+    ],
+)
+def test_slide_params_refused_at_start(section, value, message, tmp_path):
+    """A bad slide or segmentation parameter stops the run at start-up, naming the key."""
+    workdir = make_workdir(
+        tmp_path / "run", {"CMU-1-Small-Region": SLIDES / "CMU-1-Small-Region.svs"}
+    )
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"evaluate": {"params": {section: value}}}))
+    proc = snakemake(workdir, "-n", configfiles=(config,), check=False)
+    assert proc.returncode != 0
+    assert re.search(message, proc.stdout + proc.stderr)
