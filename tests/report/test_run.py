@@ -70,14 +70,16 @@ def _train_csv(root: Path) -> Path:
     return path
 
 
-def _fewshot_metrics(root: Path, encoder: str) -> Path:
+def _fewshot_metrics(
+    root: Path, encoder: str, task: str = "crc100k", protocol: str = "fewshot"
+) -> Path:
     """A few-shot metrics.json with a 3-point curve."""
-    path = root / "eval" / encoder / "crc100k" / "fewshot" / "metrics.json"
+    path = root / "eval" / encoder / task / protocol / "metrics.json"
     path.parent.mkdir(parents=True)
     curve = {str(k): {"n_episodes": 10, "balanced_accuracy": {
         "mean": v, "std": 0.01, "q025": v - 0.02, "q975": v + 0.02}}
         for k, v in ((1, 0.4), (4, 0.6), (16, 0.8))}  # fmt: skip
-    record = {"encoder": encoder, "task": "crc100k", "protocol": "fewshot", "img_size": 224,
+    record = {"encoder": encoder, "task": task, "protocol": protocol, "img_size": 224,
               "n_train": 100, "n_test": 50, "balanced_accuracy": 0.8,
               "extra": {"curve": curve}}  # fmt: skip
     path.write_text(json.dumps(record))
@@ -94,7 +96,8 @@ def report_inputs(tmp_path: Path) -> dict:
         "metrics_jsons": [_metrics(tmp_path, "uni", "crc100k", "linear", 0.87),
                           _metrics(tmp_path, "random", "tcga_luadlusc_demo", "knn", 0.6),
                           _metrics(tmp_path, "random", "crc100k", "knn", 0.5),
-                        _fewshot_metrics(tmp_path, "uni"), _fewshot_metrics(tmp_path, "random")],
+                        _fewshot_metrics(tmp_path, "uni"), _fewshot_metrics(tmp_path, "random"),
+                        _fewshot_metrics(tmp_path, "uni", "camelyon16", "abmil_fewshot")],
         "train_metrics_csv": _train_csv(tmp_path),
     }  # fmt: skip
 
@@ -113,6 +116,7 @@ def test_run_report_every_link_resolves(report_inputs: dict, tmp_path: Path) -> 
     local = [link for link in parser.links if not link.startswith("#")]
     assert len(local) >= 2 * 6 + 2 + 1  # 5 images + loss + few-shot as link and src, csv
     assert "assets/fewshot_crc100k.png" in local
+    assert "assets/fewshot_camelyon16_abmil_fewshot.png" in local  # the slide K-shot curve
     for link in local:
         assert (out / link).is_file(), link
         assert (out / link).resolve().is_relative_to(out.resolve())
@@ -131,9 +135,9 @@ def test_run_report_summary_rows_and_uni_figures(report_inputs: dict, tmp_path: 
     table = pd.read_csv(out / "summary.csv")
     assert list(zip(table.encoder, table.task, table.protocol, strict=True)) == [
         ("random", "crc100k", "fewshot"), ("random", "crc100k", "knn"),
-        ("random", "tcga_luadlusc_demo", "knn"), ("uni", "crc100k", "fewshot"),
-        ("uni", "crc100k", "linear")]  # fmt: skip
-    table = table[table.protocol != "fewshot"].reset_index(drop=True)
+        ("random", "tcga_luadlusc_demo", "knn"), ("uni", "camelyon16", "abmil_fewshot"),
+        ("uni", "crc100k", "fewshot"), ("uni", "crc100k", "linear")]  # fmt: skip
+    table = table[~table.protocol.str.endswith("fewshot")].reset_index(drop=True)
     assert table.loc[2, "uni_balanced_accuracy"] == pytest.approx(0.874)
     assert table.loc[0, "uni_balanced_accuracy"] == pytest.approx(0.924)
     assert pd.isna(table.loc[1, "uni_balanced_accuracy"])

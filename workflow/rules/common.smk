@@ -15,7 +15,7 @@ from unipipe.evaluate.protocols import PROTOCOLS
 from unipipe.evaluate.run import BootstrapParams
 from unipipe.evaluate.segmentation import SegProbeParams
 from unipipe.evaluate.slide_manifest import MANIFEST_NAME, read_slide_manifest
-from unipipe.evaluate.slides import SLIDE_PARAM_SECTIONS, SLIDE_PROTOCOLS
+from unipipe.evaluate.slides import SLIDE_PARAM_SECTIONS, SLIDE_PROTOCOLS, SLIDE_PROTOCOL_SECTIONS
 from unipipe.evaluate.tasks import load_task_registry, task_status
 from unipipe.ssl.config import PretrainConfig
 from unipipe.manifest import read_manifest
@@ -244,7 +244,7 @@ def slide_protocol_params(protocol):
     """A slide protocol's parameters, the validation hold-out's and the bootstrap's."""
     params = config["evaluate"].get("params") or {}
     return {
-        protocol: params.get(protocol) or {},
+        **{name: params.get(name) or {} for name in SLIDE_PROTOCOL_SECTIONS[protocol]},
         "slides": params.get("slides") or {},
         "bootstrap": params.get("bootstrap") or {},
     }

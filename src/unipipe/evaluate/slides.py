@@ -14,11 +14,12 @@ import pyarrow as pa
 
 from unipipe.config import build_params
 from unipipe.errors import ConfigError
-from unipipe.evaluate.abmil import AbmilParams, fit_abmil, predict_abmil
+from unipipe.evaluate.abmil import AbmilParams, abmil_sweep_protocol, fit_abmil, predict_abmil
 from unipipe.evaluate.features import read_bag
 from unipipe.evaluate.metrics import compute_metrics
 from unipipe.evaluate.prototypes import MiSimpleShotParams, fit_prototypes, predict_prototypes
 from unipipe.evaluate.run import DEFAULT_METRICS, BootstrapParams, _finite_or_none
+from unipipe.evaluate.slide_fewshot import SlideFewShotParams, slide_fewshot_protocol
 from unipipe.evaluate.slide_manifest import MANIFEST_NAME, read_slide_manifest
 from unipipe.provenance import write_json, write_parquet, write_sidecar
 
@@ -28,6 +29,7 @@ __all__ = [
     "MANIFEST_NAME",
     "SLIDE_PARAM_SECTIONS",
     "SLIDE_PROTOCOLS",
+    "SLIDE_PROTOCOL_SECTIONS",
     "SlideSplitParams",
     "bag_size_l0",
     "read_slide_manifest",
@@ -57,6 +59,7 @@ class SlideSplitParams:
 # the workflow builds them at start-up so a typo fails before any slide is embedded.
 SLIDE_PARAM_SECTIONS = {
     "abmil": AbmilParams,
+    "slide_fewshot": SlideFewShotParams,
     "mi_simpleshot": MiSimpleShotParams,
     "slides": SlideSplitParams,
 }
@@ -96,6 +99,9 @@ class _SlideData:
     y_val: np.ndarray
     test: list[np.ndarray]
     n_classes: int
+    # Test labels, read only by protocols that score inside (few-shot curves); the fitted
+    # models never see them.
+    y_test: np.ndarray | None = None
 
 
 def _abmil(data: _SlideData, params: Mapping[str, Any], seed: int) -> tuple[np.ndarray, dict]:
@@ -121,7 +127,21 @@ def _mi_simpleshot(
 
 
 # Slide protocol name (tasks.yaml) -> fit-and-predict function giving (S_test, K) probs.
-SLIDE_PROTOCOLS = {"abmil": _abmil, "mi_simpleshot": _mi_simpleshot}
+# abmil is CLAM's reference fit (lr 1e-4) that UNI quotes; abmil_sweep is UNI's later
+# protocol (lr in evaluate.abmil.lrs, picked on validation); abmil_fewshot the K-slide curve.
+SLIDE_PROTOCOLS = {
+    "abmil": _abmil,
+    "abmil_sweep": abmil_sweep_protocol,
+    "abmil_fewshot": slide_fewshot_protocol,
+    "mi_simpleshot": _mi_simpleshot,
+}
+# evaluate.params sections each slide protocol reads (a change elsewhere reruns nothing).
+SLIDE_PROTOCOL_SECTIONS = {
+    "abmil": ("abmil",),
+    "abmil_sweep": ("abmil",),
+    "abmil_fewshot": ("slide_fewshot", "abmil"),
+    "mi_simpleshot": ("mi_simpleshot",),
+}
 
 
 def bag_size_l0(path: str | os.PathLike[str]) -> int:
@@ -262,7 +282,8 @@ def run_evaluate_slides(
                 is_val.sum(), is_test.sum())  # fmt: skip
 
     data = _SlideData(train=pick(is_train), y_train=labels[is_train], val=pick(is_val),
-                      y_val=labels[is_val], test=pick(is_test), n_classes=len(classes))  # fmt: skip
+                      y_val=labels[is_val], test=pick(is_test), n_classes=len(classes),
+                      y_test=labels[is_test])  # fmt: skip
     probs, fitted = SLIDE_PROTOCOLS[protocol](data, params, seed)
     pred = probs.argmax(axis=1)
     y_test = labels[is_test]

@@ -79,7 +79,8 @@ def plot_fewshot_curves(
     """Few-shot curves of one task: ``metric`` mean against K (log2), one line per encoder.
 
     Args:
-        records: metrics.json contents of protocol ``fewshot`` (``extra.curve``).
+        records: metrics.json contents of protocol ``fewshot`` or ``abmil_fewshot``
+            (``extra.curve``), all of one task and protocol.
         out_png: the figure, written without a timestamp.
         metric: which curve metric to draw; the band is the 2.5-97.5% episode range.
     """
@@ -93,7 +94,8 @@ def plot_fewshot_curves(
         ax.fill_between(k, [curve[s][metric]["q025"] for s in shots],
                         [curve[s][metric]["q975"] for s in shots], alpha=0.2)  # fmt: skip
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("labelled ROIs per class (K)")
+    slides = bool(records) and records[0].get("protocol") == "abmil_fewshot"
+    ax.set_xlabel(f"labelled {'slides' if slides else 'ROIs'} per class (K)")
     ax.set_ylabel(metric)
     ax.set_title(str(records[0].get("task")) if records else "")
     ax.grid(alpha=0.3)

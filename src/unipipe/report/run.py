@@ -51,6 +51,10 @@ def _copy_slide_assets(curate_dir: Path, out_dir: Path) -> SlideAssets:
     return SlideAssets(slide_id=slide_id, images=tuple(images), verdict=verdict)
 
 
+# Protocols whose metrics.json carries a few-shot curve (ROI episodes, slide ABMIL runs).
+FEWSHOT_PROTOCOLS = ("fewshot", "abmil_fewshot")
+
+
 def _fewshot_figures(
     metrics_jsons: Sequence[str | os.PathLike[str]], out: Path
 ) -> list[tuple[str, str]]:
@@ -58,8 +62,10 @@ def _fewshot_figures(
     by_task: dict[str, list[dict]] = {}
     for path in metrics_jsons:
         record = json.loads(Path(path).read_text())
-        if record.get("protocol") == "fewshot" and "curve" in record.get("extra", {}):
-            by_task.setdefault(str(record.get("task")), []).append(record)
+        protocol = record.get("protocol")
+        if protocol in FEWSHOT_PROTOCOLS and "curve" in record.get("extra", {}):
+            key = str(record.get("task")) + ("" if protocol == "fewshot" else f"_{protocol}")
+            by_task.setdefault(key, []).append(record)
     figures = []
     for task, records in sorted(by_task.items()):
         rel = f"assets/fewshot_{task}.png"
