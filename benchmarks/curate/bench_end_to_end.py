@@ -27,6 +27,7 @@ whether peak memory grows with slide size beyond the thumbnail.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -56,56 +57,96 @@ TILE = 256
 _FLOOR_BATCH = 512  # tiles decoded per timed call of the floor
 
 
-def run_chain(slide_path: Path, out: Path, mpp: float | None) -> dict:
-    """The five curation stages on one slide, as the rules call them; patches written."""
+STAGES = ("segment_tissue", "detect_artefacts", "tile_slide", "select_patches", "write_shards")
+
+
+def run_stage(stage: str, slide_path: Path, out: Path, mpp: float | None) -> None:
+    """One curation stage on one slide, file to file, as its rule calls it."""
+    import inspect
+
     from unipipe.config import build_params
     from unipipe.curate.artefacts import ArtefactParams, run_detect_artefacts
     from unipipe.curate.selection import SelectionParams, run_select_patches
-    from unipipe.curate.shards import ShardParams, run_write_shards, store_specs
+    from unipipe.curate.shards import ShardParams, run_write_shards
     from unipipe.curate.tiling import TilingParams, run_tile_slide
     from unipipe.curate.tissue import TissueParams, run_segment_tissue
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     section = config["curate"]
     sid = "bench"
-    tissue = build_params(TissueParams, section["tissue"], "curate.tissue")
-    run_segment_tissue(slide_path, slide_id=sid, mpp=mpp, params=tissue,
-                       mask_png=out / "tissue.png", geojson=out / "tissue.geojson",
-                       preview_jpg=out / "tissue.jpg", sidecar=out / "tissue.json")  # fmt: skip
-    artefacts = build_params(ArtefactParams, section["artefacts"], "curate.artefacts")
-    run_detect_artefacts(slide_path, out / "tissue.png", slide_id=sid, mpp=mpp, params=artefacts,
-                         mask_png=out / "artefacts.png", qc_json=out / "qc.json",
-                         preview_jpg=out / "artefacts.jpg", sidecar=out / "detect.json")  # fmt: skip
-    tiling = build_params(TilingParams, section["tiling"], "curate.tiling")
-    run_tile_slide(slide_path, out / "tissue.png", out / "artefacts.png", slide_id=sid, mpp=mpp,
-                   params=tiling, tiles_parquet=out / "tiles.parquet",
-                   sidecar=out / "tiles.json")  # fmt: skip
     selection = build_params(SelectionParams, section["selection"], "curate.selection")
-    run_select_patches(slide_path, out / "tiles.parquet", slide_id=sid, mpp=mpp,
-                       params=selection, seed=int(config["seed"]),
-                       selected_parquet=out / "selected.parquet", mosaic_jpg=out / "mosaic.jpg",
-                       sidecar=out / "select.json")  # fmt: skip
-    shards = build_params(ShardParams, section["shards"], "curate.shards")
-    run_write_shards(slide_path, out / "selected.parquet", slide_id=sid, mpp=mpp, params=shards,
-                     shard_zarr=out / "bench.zarr", sidecar=out / "shards.json")  # fmt: skip
-    mask_shape = np.asarray(__import__("PIL.Image").Image.open(out / "tissue.png")).shape
-    return {
-        "patches": sum(s["n_patches"] for s in store_specs(out / "bench.zarr")),
-        "thumb_mpix": mask_shape[0] * mask_shape[1] / 1e6,
-    }
+    if stage == "segment_tissue":
+        tissue = build_params(TissueParams, section["tissue"], "curate.tissue")
+        run_segment_tissue(slide_path, slide_id=sid, mpp=mpp, params=tissue,
+                           mask_png=out / "tissue.png", geojson=out / "tissue.geojson",
+                           preview_jpg=out / "tissue.jpg", sidecar=out / "tissue.json")  # fmt: skip
+    elif stage == "detect_artefacts":
+        artefacts = build_params(ArtefactParams, section["artefacts"], "curate.artefacts")
+        run_detect_artefacts(slide_path, out / "tissue.png", slide_id=sid, mpp=mpp,
+                             params=artefacts, mask_png=out / "artefacts.png",
+                             qc_json=out / "qc.json", preview_jpg=out / "artefacts.jpg",
+                             sidecar=out / "detect.json")  # fmt: skip
+    elif stage == "tile_slide":
+        tiling = build_params(TilingParams, section["tiling"], "curate.tiling")
+        # Older unipipe (the "before" rows) has no feature_size_px: selection reads pixels.
+        one_pass = "feature_size_px" in inspect.signature(run_tile_slide).parameters
+        extra = {"feature_size_px": selection.feature_size_px} if one_pass else {}
+        run_tile_slide(slide_path, out / "tissue.png", out / "artefacts.png", slide_id=sid,
+                       mpp=mpp, params=tiling, tiles_parquet=out / "tiles.parquet",
+                       sidecar=out / "tiles.json", **extra)  # fmt: skip
+    elif stage == "select_patches":
+        run_select_patches(slide_path, out / "tiles.parquet", slide_id=sid, mpp=mpp,
+                           params=selection, seed=int(config["seed"]),
+                           selected_parquet=out / "selected.parquet",
+                           mosaic_jpg=out / "mosaic.jpg", sidecar=out / "select.json")  # fmt: skip
+    elif stage == "write_shards":
+        shards = build_params(ShardParams, section["shards"], "curate.shards")
+        run_write_shards(slide_path, out / "selected.parquet", slide_id=sid, mpp=mpp,
+                         params=shards, shard_zarr=out / "bench.zarr",
+                         sidecar=out / "shards.json")  # fmt: skip
+    else:
+        raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
 
 
-def child_chain(slide_path: Path, mpp: float | None) -> dict:
-    """Run the chain in this (fresh) process on one thread; CPU time and peak RSS."""
+def child_stage(stage: str, slide_path: Path, out: Path, mpp: float | None) -> dict:
+    """Run one stage in this (fresh) process on one thread; CPU time and peak RSS."""
     from unipipe.runtime import limit_threads
 
     limit_threads(1)
+    # Import everything the stage needs first, so that base RSS is the imports' share.
+    for module in ("artefacts", "selection", "shards", "tiling", "tissue"):
+        importlib.import_module(f"unipipe.curate.{module}")
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.process_time()
+    run_stage(stage, slide_path, out, mpp)
+    cpu_s = time.process_time() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"cpu_s": cpu_s, "peak_rss_mib": peak, "base_rss_mib": base}
+
+
+def run_chain_stages(slide_path: Path, mpp: float | None) -> dict:
+    """The five stages in turn, each in a fresh process (as each rule's job is)."""
+    from PIL import Image
+
+    from unipipe.curate.shards import store_specs
+
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.process_time()
-        result = run_chain(slide_path, Path(tmp), mpp)
-        result["cpu_s"] = time.process_time() - start
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
+        out = Path(tmp)
+        stages = {
+            stage: _in_fresh_process("stage", slide_path, mpp, stage=stage, out=out)
+            for stage in STAGES
+        }
+        with Image.open(out / "tissue.png") as mask:
+            thumb_mpix = mask.width * mask.height / 1e6
+        patches = sum(s["n_patches"] for s in store_specs(out / "bench.zarr"))
+    return {
+        "patches": patches,
+        "thumb_mpix": thumb_mpix,
+        "cpu_s": sum(s["cpu_s"] for s in stages.values()),
+        "peak_rss_mib": max(s["peak_rss_mib"] for s in stages.values()),
+        "stages": stages,
+    }
 
 
 def child_floor(slide_path: Path, mpp: float | None) -> dict:
@@ -192,10 +233,14 @@ def write_large_slide(path: Path, side_px: int) -> float:
     return mpp
 
 
-def _in_fresh_process(kind: str, slide_path: Path, mpp: float | None) -> dict:
+def _in_fresh_process(
+    kind: str, slide_path: Path, mpp: float | None, *, stage: str = "", out: Path | None = None
+) -> dict:
     cmd = [sys.executable, __file__, f"--child-{kind}", str(slide_path)]
     if mpp is not None:
         cmd += ["--mpp", str(mpp)]
+    if stage:
+        cmd += ["--stage", stage, "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -217,17 +262,33 @@ def _row(name: str, size: str, chain: dict, floor: dict) -> str:
     )
 
 
+def _stage_row(name: str, size: str, chain: dict) -> str:
+    cells = [
+        f"{s['cpu_s']:.1f} / {s['peak_rss_mib']:.0f} (+{s['peak_rss_mib'] - s['base_rss_mib']:.0f})"
+        for s in chain["stages"].values()
+    ]
+    return f"| {name} | {size} | {chain['thumb_mpix']:.2f} | " + " | ".join(cells) + " |"
+
+
+def _slide_rows(name: str, size: str, path: Path, mpp: float | None, rows: list[str]) -> None:
+    chain = run_chain_stages(path, mpp)
+    print(_row(name, size, chain, _in_fresh_process("floor", path, mpp)), flush=True)
+    rows.append(_stage_row(name, size, chain))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slides", nargs="*", default=list(CASES), help="names in resources")
     parser.add_argument("--sizes", nargs="*", type=int, default=[20480, 40960],
                         help="sides (px) of the large built slides; none to skip")  # fmt: skip
-    parser.add_argument("--child-chain", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-stage", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-floor", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--mpp", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child_chain:
-        print(json.dumps(child_chain(args.child_chain, args.mpp)))
+    if args.child_stage:
+        print(json.dumps(child_stage(args.stage, args.child_stage, args.out, args.mpp)))
         return
     if args.child_floor:
         print(json.dumps(child_floor(args.child_floor, args.mpp)))
@@ -237,14 +298,14 @@ def main() -> None:
     print("| slide | size px | thumb MPix | patches | cpu s | patches/core-s | floor | "
           "of floor | peak RSS MiB |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
+    stage_rows: list[str] = []
     for name in args.slides:
         path = CASES[name]
         from unipipe.slide import open_slide
 
         with open_slide(path) as slide:
             size = "x".join(map(str, slide.dimensions))
-        chain = _in_fresh_process("chain", path, None)
-        print(_row(name, size, chain, _in_fresh_process("floor", path, None)), flush=True)
+        _slide_rows(name, size, path, None, stage_rows)
     with tempfile.TemporaryDirectory() as tmp:
         for side in args.sizes:
             path = Path(tmp) / f"repeat-{side}.tif"
@@ -252,10 +313,12 @@ def main() -> None:
             mpp = write_large_slide(path, side)
             print(f"(built {path.name}: {path.stat().st_size / 2**20:.0f} MiB in "
                   f"{time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
-            chain = _in_fresh_process("chain", path, mpp)
-            floor = _in_fresh_process("floor", path, mpp)
-            print(_row("CMU-1 crop repeated", f"{side}x{side}", chain, floor), flush=True)
+            _slide_rows("CMU-1 crop repeated", f"{side}x{side}", path, mpp, stage_rows)
             path.unlink()
+    print("\nPer stage: CPU s / peak RSS MiB (+ above the imports)")
+    print("| slide | size px | thumb MPix | " + " | ".join(STAGES) + " |")
+    print("|---|---|---|" + "---|" * len(STAGES))
+    print("\n".join(stage_rows))
     print(f"load: {os.getloadavg()}")
 
 

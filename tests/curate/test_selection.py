@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.cluster import KMeans
 
 from unipipe.curate import selection
+from unipipe.curate.artefacts import ArtefactParams, run_detect_artefacts
 from unipipe.curate.features import FEATURE_NAMES
 from unipipe.curate.selection import (
     SelectionParams,
@@ -21,8 +22,15 @@ from unipipe.curate.selection import (
     run_select_patches,
     select_rows,
 )
-from unipipe.curate.tiling import grid_origins, mask_fractions
-from unipipe.errors import ConfigError
+from unipipe.curate.tiling import (
+    FEATURE_SIZE_COLUMN,
+    TilingParams,
+    grid_origins,
+    mask_fractions,
+    run_tile_slide,
+)
+from unipipe.curate.tissue import TissueParams, run_segment_tissue
+from unipipe.errors import ConfigError, UnipipeError
 from unipipe.provenance import write_parquet
 from unipipe.slide import open_slide
 
@@ -180,3 +188,89 @@ def test_run_select_patches_rerun_byte_identical(
     sidecar = json.loads(digests[0][2])
     assert sidecar["extra"]["n_selected"] == len(selected)
     assert sidecar["extra"]["seed"] == 7
+
+
+@pytest.fixture(scope="module")
+def staged_tiles(tmp_path_factory: pytest.TempPathFactory):
+    """tiles.parquet of a slide from the real segment -> artefacts -> tile stages, with features."""
+    made: dict[Path, Path] = {}
+
+    def make(slide_path: Path) -> Path:
+        if slide_path not in made:
+            out = tmp_path_factory.mktemp("staged")
+            run_segment_tissue(slide_path, slide_id="s1", mpp=None, params=TissueParams(),
+                               mask_png=out / "tissue.png", geojson=out / "tissue.geojson",
+                               preview_jpg=out / "tissue.jpg", sidecar=out / "tissue.json")  # fmt: skip
+            run_detect_artefacts(slide_path, out / "tissue.png", slide_id="s1", mpp=None,
+                                 params=ArtefactParams(), mask_png=out / "artefacts.png",
+                                 qc_json=out / "qc.json", preview_jpg=out / "artefacts.jpg",
+                                 sidecar=out / "artefacts.json")  # fmt: skip
+            run_tile_slide(slide_path, out / "tissue.png", out / "artefacts.png", slide_id="s1",
+                           mpp=None, params=TilingParams(specs=[(256, 0.5), (512, 0.5)]),
+                           tiles_parquet=out / "tiles.parquet", sidecar=out / "tiles.json",
+                           feature_size_px=64)  # fmt: skip
+            made[slide_path] = out / "tiles.parquet"
+        return made[slide_path]
+
+    return make
+
+
+class _NoPixels:
+    """A slide stand-in that fails on any pixel read."""
+
+    slide_id = "s1"
+
+    def read_region(self, *args, **kwargs):
+        raise AssertionError("selection read pixels")
+
+    read_regions = read_region
+
+
+@pytest.mark.parametrize("slide_fixture", ["svs_path", "ome_tiff_path"])
+def test_run_select_patches_stored_features_give_same_bytes(
+    slide_fixture: str, request: pytest.FixtureRequest, staged_tiles, tmp_path: Path
+) -> None:
+    """selected.parquet and the mosaic from tile_slide's features equal those of reading pixels."""
+    slide_path = request.getfixturevalue(slide_fixture)
+    stored = pd.read_parquet(staged_tiles(slide_path))
+    assert stored["keep"].sum() > 0
+    read = stored.drop(columns=[FEATURE_SIZE_COLUMN, *FEATURE_NAMES])
+    params = SelectionParams(budget=12, n_clusters=3, feature_size_px=64, mosaic_tile_px=32)
+    outputs = {}
+    for name, tiles in {"stored": stored, "read": read}.items():
+        out = tmp_path / name
+        out.mkdir()
+        write_parquet(tiles, out / "tiles.parquet")
+        run_select_patches(slide_path, out / "tiles.parquet", slide_id="s1", mpp=None,
+                           params=params, seed=5, selected_parquet=out / "selected.parquet",
+                           mosaic_jpg=out / "mosaic.jpg", sidecar=out / "selected.json")  # fmt: skip
+        outputs[name] = [(out / f).read_bytes() for f in ("selected.parquet", "mosaic.jpg")]
+    assert outputs["stored"] == outputs["read"]
+    selected = pd.read_parquet(tmp_path / "stored" / "selected.parquet")
+    assert FEATURE_SIZE_COLUMN not in selected.columns
+    assert list(selected.columns[-len(FEATURE_NAMES) - 1 :]) == ["cluster", *FEATURE_NAMES]
+
+
+def test_select_rows_with_stored_features_reads_no_pixels(svs_path: Path, staged_tiles) -> None:
+    """Given tile_slide's features, selection never touches the slide."""
+    tiles = pd.read_parquet(staged_tiles(svs_path))
+    params = SelectionParams(budget=10, n_clusters=3, feature_size_px=64)
+    picked = select_rows(_NoPixels(), tiles, params, seed=0)
+    assert len(picked) == min(10, int((tiles["keep"] & tiles["size_px"].eq(256)).sum())) + min(
+        10, int((tiles["keep"] & tiles["size_px"].eq(512)).sum())
+    )
+
+
+def test_select_rows_refuses_features_of_another_size(svs_path: Path, staged_tiles) -> None:
+    """Features stored at 64 px while selection asks for 128 px fail naming the config key."""
+    tiles = pd.read_parquet(staged_tiles(svs_path))
+    with pytest.raises(ConfigError, match=r"curate.selection.feature_size_px is 128"):
+        select_rows(_NoPixels(), tiles, SelectionParams(feature_size_px=128), seed=0)
+
+
+def test_select_rows_refuses_kept_tiles_without_features(svs_path: Path, staged_tiles) -> None:
+    """A kept tile whose stored features are NaN (an edited table) fails, saying to rerun tiling."""
+    tiles = pd.read_parquet(staged_tiles(svs_path))
+    tiles.loc[tiles.index[tiles["keep"]][0], FEATURE_NAMES[0]] = np.nan
+    with pytest.raises(UnipipeError, match="rerun tile_slide"):
+        select_rows(_NoPixels(), tiles, SelectionParams(feature_size_px=64), seed=0)

@@ -18,7 +18,16 @@ from unipipe.curate.artefacts import (
     blur_score,
     run_detect_artefacts,
 )
-from unipipe.curate.tiling import TileSpec, TilingParams, grid_origins, mask_fractions
+from unipipe.curate.features import FEATURE_NAMES, patch_features
+from unipipe.curate.tiling import (
+    FEATURE_SIZE_COLUMN,
+    TileSpec,
+    TilingParams,
+    grid_origins,
+    mask_fractions,
+    summed_area,
+    table_fractions,
+)
 from unipipe.curate.tissue import TissueParams, run_segment_tissue
 from unipipe.errors import ConfigError, SlideError
 from unipipe.slide import open_slide
@@ -46,7 +55,11 @@ def masks(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _run(
-    slide_path: Path, out: Path, params: TilingParams, masks: tuple[Path, Path]
+    slide_path: Path,
+    out: Path,
+    params: TilingParams,
+    masks: tuple[Path, Path],
+    feature_size_px: int | None = None,
 ) -> pd.DataFrame:
     tissue_png, classes_png = masks
     tiling.run_tile_slide(
@@ -58,6 +71,7 @@ def _run(
         params=params,
         tiles_parquet=out / "tiles.parquet",
         sidecar=out / "tiles.json",
+        feature_size_px=feature_size_px,
     )
     return pd.read_parquet(out / "tiles.parquet")
 
@@ -127,6 +141,22 @@ def test_mask_fractions_match_direct_count() -> None:
     np.testing.assert_allclose(got, want)
 
 
+@pytest.mark.parametrize("dtype", [bool, np.uint8])
+def test_summed_area_counts_true_pixels(dtype) -> None:
+    """Entry [i, j] of the table counts true pixels of mask[:i, :j] (uint8 0/255 counts as bool)."""
+    rng = np.random.default_rng(1)
+    mask = rng.random((37, 53)) > 0.6
+    table = summed_area(mask.astype(dtype) * (255 if dtype is np.uint8 else True))
+    assert table.shape == (38, 54)
+    for i, j in [(0, 0), (1, 1), (10, 40), (37, 53), (37, 0), (5, 53)]:
+        assert table[i, j] == mask[:i, :j].sum()
+    xs, ys = np.array([0, 30, 100]), np.array([4, 60, 120])
+    np.testing.assert_array_equal(
+        table_fractions(table, (0.25, 0.25), xs, ys, 64.0),
+        mask_fractions(mask, (0.25, 0.25), xs, ys, 64.0),
+    )
+
+
 def test_run_tile_slide_coordinates_follow_mpp(svs_path: Path, tmp_path: Path, masks) -> None:
     """At 1.0 mpp on a 0.499 mpp slide the grid steps by 1.0/0.499 x 256 level-0 px."""
     tiles = _run(svs_path, tmp_path, TilingParams(specs=[TileSpec(256, 1.0)]), masks(svs_path))
@@ -159,6 +189,48 @@ def test_run_tile_slide_columns(svs_path: Path, tmp_path: Path, masks) -> None:
     assert tiles["slide_id"].eq("s1").all()
     assert tiles["x"].dtype == np.int64
     assert tiles["keep"].dtype == bool
+
+
+@pytest.mark.parametrize(
+    ("slide_fixture", "sizes"),
+    [("svs_path", {256, 512}), ("dicom_path", {256, 512}), ("ome_tiff_path", {256})],
+)
+def test_run_tile_slide_features_equal_separate_reads(
+    slide_fixture: str, sizes: set[int], request: pytest.FixtureRequest, tmp_path: Path, masks
+) -> None:
+    """Stored features equal patch_features of the tile read alone at the feature size."""
+    slide_path = request.getfixturevalue(slide_fixture)
+    params = TilingParams(specs=[(256, 0.5), (512, 0.5)], max_artefact_fraction=1.0)
+    tiles = _run(slide_path, tmp_path, params, masks(slide_path), feature_size_px=64)
+    assert list(tiles.columns[-len(FEATURE_NAMES) - 1 :]) == [FEATURE_SIZE_COLUMN, *FEATURE_NAMES]
+    assert tiles[FEATURE_SIZE_COLUMN].eq(64).all()
+    read = tiles["blur_score"].notna()
+    assert tiles.loc[read, list(FEATURE_NAMES)].notna().all().all()
+    assert tiles.loc[~read, list(FEATURE_NAMES)].isna().all().all()
+    rows = pd.concat([g.head(3) for _, g in tiles[read].groupby("size_px")])
+    assert set(rows["size_px"]) == sizes  # OS-1 (250 µm wide) has no 512 px tile
+    with open_slide(slide_path) as slide:
+        for row in rows.itertuples():
+            patch = slide.read_region(row.x, row.y, 64, row.mpp * row.size_px / 64)
+            stored = np.array([getattr(row, name) for name in FEATURE_NAMES])
+            np.testing.assert_array_equal(stored, patch_features(patch))
+
+
+def test_run_tile_slide_without_feature_size_stores_no_features(
+    svs_path: Path, tmp_path: Path, masks
+) -> None:
+    """Without feature_size_px (the embedding tiler's call) no feature column is written."""
+    tiles = _run(svs_path, tmp_path, TilingParams(), masks(svs_path))
+    assert not {FEATURE_SIZE_COLUMN, *FEATURE_NAMES} & set(tiles.columns)
+
+
+@pytest.mark.parametrize("value", [4, 64.0, True])
+def test_run_tile_slide_rejects_bad_feature_size(
+    value, svs_path: Path, tmp_path: Path, masks
+) -> None:
+    """A feature size that selection would refuse fails naming its config key."""
+    with pytest.raises(ConfigError, match="curate.selection.feature_size_px"):
+        _run(svs_path, tmp_path, TilingParams(), masks(svs_path), feature_size_px=value)
 
 
 def test_run_tile_slide_keep_rules(svs_path: Path, tmp_path: Path, masks) -> None:

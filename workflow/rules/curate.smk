@@ -82,6 +82,8 @@ rule tile_slide:
         slide_path=lambda w: slide_row(w)["path"],
         mpp=slide_mpp,
         tiling=config["curate"]["tiling"],
+        # Selection's features are computed in tile_slide's read of each tile.
+        feature_size_px=config["curate"]["selection"]["feature_size_px"],
     script:
         "../scripts/tile_slide.py"
 

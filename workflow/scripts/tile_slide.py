@@ -18,4 +18,5 @@ with stage_logging(sm.log[0]):
         params=build_params(TilingParams, sm.params.tiling, "curate.tiling"),
         tiles_parquet=sm.output.tiles,
         sidecar=sm.output.sidecar,
+        feature_size_px=sm.params.feature_size_px,
     )

@@ -14,7 +14,8 @@ from sklearn.cluster import KMeans
 
 from unipipe.curate.features import FEATURE_NAMES, patch_features
 from unipipe.curate.mosaic import write_mosaic
-from unipipe.errors import ConfigError
+from unipipe.curate.tiling import FEATURE_SIZE_COLUMN
+from unipipe.errors import ConfigError, UnipipeError
 from unipipe.provenance import write_parquet, write_sidecar
 from unipipe.slide import open_slide
 
@@ -165,13 +166,36 @@ def _spec_features(slide: Any, tiles: pd.DataFrame, feature_size_px: int) -> np.
     return np.array(rows, dtype=np.float64).reshape(len(rows), len(FEATURE_NAMES))
 
 
+def _stored_features(tiles: pd.DataFrame, feature_size_px: int) -> np.ndarray | None:
+    """(n, f) features tile_slide stored for these rows, or None where it stored none."""
+    if not set(FEATURE_NAMES) <= set(tiles.columns):
+        return None
+    sizes = sorted(set(tiles[FEATURE_SIZE_COLUMN].tolist()))
+    if sizes and sizes != [feature_size_px]:
+        raise ConfigError(
+            f"tiles.parquet holds selection features computed at {sizes} px, but "
+            f"curate.selection.feature_size_px is {feature_size_px}: rerun tile_slide with the "
+            "same curate.selection.feature_size_px (the workflow passes it to both rules)"
+        )
+    features = tiles[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    if np.isnan(features).any():
+        raise UnipipeError(
+            "tiles.parquet has kept tiles without selection features (NaN); it was not "
+            "written by tile_slide or was edited: rerun tile_slide for this slide"
+        )
+    return features
+
+
 def select_rows(
     slide: Any, tiles: pd.DataFrame, params: SelectionParams, *, seed: int
 ) -> pd.DataFrame:
     """Pick kept tiles of each spec: features, clusters, then the strategy's sample.
 
+    Features come from the feature columns tile_slide stored in tiles.parquet (no pixel is
+    read); tiles without them (a table from another tiler) are read at the feature size.
+
     Args:
-        slide: an open ``unipipe.slide.Slide``.
+        slide: an open ``unipipe.slide.Slide``; only read from when ``tiles`` has no features.
         tiles: rows of tiles.parquet (only ``keep`` rows are considered).
         params: selection knobs.
         seed: seeds k-means and sampling.
@@ -180,11 +204,16 @@ def select_rows(
         The picked rows plus ``cluster`` and the feature columns, sorted by
         (size_px, mpp, cluster, y, x).
     """
+    # Stored features move behind ``cluster``, where selected.parquet has always had them.
+    columns = [c for c in tiles.columns if c not in (*FEATURE_NAMES, FEATURE_SIZE_COLUMN)]
     kept = tiles[tiles["keep"]].reset_index(drop=True)
     picked = []
     for (size_px, mpp), group in kept.groupby(["size_px", "mpp"], sort=True):
         group = group.reset_index(drop=True)
-        features = _spec_features(slide, group, params.feature_size_px)
+        features = _stored_features(group, params.feature_size_px)
+        if features is None:
+            features = _spec_features(slide, group, params.feature_size_px)
+        group = group[columns]
         labels = cluster_features(features, params.n_clusters, seed=seed, n_init=params.n_init)
         rng = np.random.default_rng(seed)
         chosen = STRATEGIES[params.strategy](labels, params.budget, rng)
@@ -197,8 +226,8 @@ def select_rows(
             slide.slide_id, size_px, mpp, len(part), len(group), len(np.unique(labels)),
         )  # fmt: skip
     if not picked:
-        columns = [*tiles.columns, "cluster", *FEATURE_NAMES]
-        return pd.DataFrame({c: pd.Series(dtype=_empty_dtype(tiles, c)) for c in columns})
+        empty = [*columns, "cluster", *FEATURE_NAMES]
+        return pd.DataFrame({c: pd.Series(dtype=_empty_dtype(tiles, c)) for c in empty})
     out = pd.concat(picked, ignore_index=True)
     out["cluster"] = out["cluster"].astype(np.int64)
     return out.sort_values(["size_px", "mpp", "cluster", "y", "x"], kind="stable").reset_index(
@@ -207,7 +236,7 @@ def select_rows(
 
 
 def _empty_dtype(tiles: pd.DataFrame, column: str) -> Any:
-    if column in tiles.columns:
+    if column in tiles.columns and column not in FEATURE_NAMES:
         return tiles[column].dtype
     return np.int64 if column == "cluster" else np.float64
 
@@ -243,7 +272,8 @@ def run_select_patches(
 
     Args:
         slide_path: the slide file.
-        tiles_parquet: tiles.parquet of the slide (from ``run_tile_slide``).
+        tiles_parquet: tiles.parquet of the slide (from ``run_tile_slide``; given its
+            ``feature_size_px``, only the mosaic's picks are read from the slide).
         slide_id: the manifest id.
         mpp: level-0 µm/px override (None: from the slide's metadata).
         params: selection knobs.

@@ -9,11 +9,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from unipipe.curate.artefacts import ARTEFACT_CLASSES, blur_score
+from unipipe.curate.features import FEATURE_NAMES, patch_features
 from unipipe.errors import ConfigError, SlideError
 from unipipe.provenance import write_parquet, write_sidecar
 from unipipe.slide import open_slide
@@ -21,17 +23,23 @@ from unipipe.slide import open_slide
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FEATURE_SIZE_COLUMN",
     "TileSpec",
     "TilingParams",
     "grid_origins",
     "mask_fractions",
     "read_mask",
     "run_tile_slide",
+    "summed_area",
+    "table_fractions",
     "tile_slide",
 ]
 
 # Highest code of the artefact class mask that is not an artefact (1 = clean tissue).
 _CLEAN_CODE = 1
+
+# Column of tiles.parquet saying at which side (px) the selection features were computed.
+FEATURE_SIZE_COLUMN = "feature_size_px"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +178,46 @@ def grid_origins(length_px: int, footprint_px: float, stride_px: float) -> np.nd
     return origins
 
 
+def summed_area(mask: np.ndarray) -> np.ndarray:
+    """(h + 1, w + 1) summed-area table: entry [i, j] counts the true pixels of mask[:i, :j].
+
+    Integers from OpenCV's integral image, int32 (4 bytes per mask pixel; int64 sums would
+    take 8 and two cumulative passes) unless the mask has 2**31 pixels or more, where
+    float64 (exact up to 2**53) is used instead.
+    """
+    ones = np.ascontiguousarray(mask if mask.dtype == bool else mask != 0).view(np.uint8)
+    depth = cv2.CV_32S if ones.size < 2**31 else cv2.CV_64F
+    return cv2.integral(ones, sdepth=depth)
+
+
+def table_fractions(
+    table: np.ndarray,
+    scale: tuple[float, float],
+    xs: np.ndarray,
+    ys: np.ndarray,
+    footprint_px: float,
+) -> np.ndarray:
+    """Fraction of each tile's area that is true in the mask whose `summed_area` is ``table``.
+
+    Args:
+        table: (h + 1, w + 1) summed-area table of an (h, w) mask on the thumbnail grid.
+        scale: (sx, sy) mask pixels per level-0 pixel.
+        xs, ys: level-0 top-left corners of the tiles, (n,) each.
+        footprint_px: tile side in level-0 pixels.
+
+    Returns:
+        (n,) float64 fractions over the mask pixels each tile covers.
+    """
+    h, w = table.shape[0] - 1, table.shape[1] - 1
+    sx, sy = scale
+    x0 = np.clip(np.floor(xs * sx + 0.5).astype(np.int64), 0, w - 1)
+    y0 = np.clip(np.floor(ys * sy + 0.5).astype(np.int64), 0, h - 1)
+    x1 = np.clip(np.floor((xs + footprint_px) * sx + 0.5).astype(np.int64), x0 + 1, w)
+    y1 = np.clip(np.floor((ys + footprint_px) * sy + 0.5).astype(np.int64), y0 + 1, h)
+    inside = table[y1, x1].astype(np.int64) - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    return inside / ((x1 - x0) * (y1 - y0))
+
+
 def mask_fractions(
     mask: np.ndarray,
     scale: tuple[float, float],
@@ -188,16 +236,7 @@ def mask_fractions(
     Returns:
         (n,) float64 fractions from a summed-area table over the mask pixels each tile covers.
     """
-    h, w = mask.shape
-    table = np.zeros((h + 1, w + 1), dtype=np.int64)
-    table[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1)
-    sx, sy = scale
-    x0 = np.clip(np.floor(xs * sx + 0.5).astype(np.int64), 0, w - 1)
-    y0 = np.clip(np.floor(ys * sy + 0.5).astype(np.int64), 0, h - 1)
-    x1 = np.clip(np.floor((xs + footprint_px) * sx + 0.5).astype(np.int64), x0 + 1, w)
-    y1 = np.clip(np.floor((ys + footprint_px) * sy + 0.5).astype(np.int64), y0 + 1, h)
-    inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-    return inside / ((x1 - x0) * (y1 - y0))
+    return table_fractions(summed_area(mask), scale, xs, ys, footprint_px)
 
 
 def _artefact_classes() -> dict[str, int]:
@@ -205,26 +244,50 @@ def _artefact_classes() -> dict[str, int]:
     return {name: int(code) for name, code in ARTEFACT_CLASSES.items() if code > _CLEAN_CODE}
 
 
-def _tile_spec(
-    slide: Any,
-    spec: TileSpec,
-    tissue: np.ndarray,
-    classes: np.ndarray,
-    artefacts: Mapping[str, int],
-    params: TilingParams,
-) -> pd.DataFrame:
-    """Rows of tiles.parquet for one spec: grid, mask fractions, blur on candidates, keep."""
+@dataclasses.dataclass
+class _SpecGrid:
+    """The grid tiles of one spec listed in tiles.parquet, level-0 top-left corners."""
+
+    spec: TileSpec
+    footprint_px: float  # level-0 px per tile side
+    xs: np.ndarray
+    ys: np.ndarray
+
+
+def _spec_grid(slide: Any, spec: TileSpec, params: TilingParams) -> _SpecGrid:
+    """Every grid tile of ``spec``, row-major (y, then x), before the listing rule."""
     width, height = slide.dimensions
-    footprint = spec.size_px * spec.mpp / slide.mpp  # level-0 px per tile side
+    footprint = spec.size_px * spec.mpp / slide.mpp
     stride = footprint * (1.0 - params.overlap_fraction)
-    scale = (tissue.shape[1] / width, tissue.shape[0] / height)
-
     gx, gy = grid_origins(width, footprint, stride), grid_origins(height, footprint, stride)
-    ys, xs = (a.ravel() for a in np.meshgrid(gy, gx, indexing="ij"))  # row-major: y then x
-    tissue_fraction = mask_fractions(tissue > 0, scale, xs, ys, footprint)
-    listed = tissue_fraction >= max(params.min_candidate_tissue_fraction, 1e-12)
-    xs, ys, tissue_fraction = xs[listed], ys[listed], tissue_fraction[listed]
+    ys, xs = (a.ravel() for a in np.meshgrid(gy, gx, indexing="ij"))
+    return _SpecGrid(spec, footprint, xs, ys)
 
+
+def _fractions(
+    mask: np.ndarray, scale: tuple[float, float], grids: Sequence[_SpecGrid]
+) -> list[np.ndarray]:
+    """Per spec, the fraction of each listed tile where ``mask`` (bool) is true.
+
+    One summed-area table serves every spec and is freed on return: the tables are this
+    stage's largest arrays. A mask without a true pixel needs none (all fractions 0).
+    """
+    if not mask.any():
+        return [np.zeros(len(g.xs)) for g in grids]
+    table = summed_area(mask)
+    return [table_fractions(table, scale, g.xs, g.ys, g.footprint_px) for g in grids]
+
+
+def _spec_rows(
+    slide: Any,
+    grid: _SpecGrid,
+    tissue_fraction: np.ndarray,
+    class_fractions: Mapping[str, np.ndarray],
+    params: TilingParams,
+    feature_size_px: int | None,
+) -> pd.DataFrame:
+    """Rows of tiles.parquet for one spec: mask fractions, blur (and features), keep."""
+    spec, xs, ys = grid.spec, grid.xs, grid.ys
     frame = pd.DataFrame(
         {
             "slide_id": slide.slide_id,
@@ -237,29 +300,64 @@ def _tile_spec(
         }
     )
     keep = tissue_fraction >= params.min_tissue_fraction
-    for name, code in artefacts.items():
-        fraction = mask_fractions(classes == code, scale, xs, ys, footprint)
+    for name, fraction in class_fractions.items():
         frame[f"{name}_fraction"] = fraction
         keep &= fraction <= params.class_limit(name)
 
-    # Blur needs pixels at the target mpp: read only tiles that passed the mask rules.
-    blur = np.full(len(xs), np.nan)
+    # Blur needs pixels at the target mpp: read only tiles that passed the mask rules, and
+    # take the selection features from the same read, so no later stage decodes them again.
     picks = np.flatnonzero(keep)
-    patches = slide.read_regions(np.stack([xs[picks], ys[picks]], 1), spec.size_px, spec.mpp)
-    for i, patch in zip(picks, patches, strict=True):
-        blur[i] = blur_score(patch)
-    frame["blur_score"] = blur
+    blur, features = _read_scores(slide, spec, xs[picks], ys[picks], feature_size_px)
+    frame["blur_score"] = _scatter(blur, picks, len(xs))
     if params.min_blur_score > 0:
-        keep &= blur >= params.min_blur_score
+        keep &= frame["blur_score"].to_numpy() >= params.min_blur_score
     frame["keep"] = keep
+    if feature_size_px is not None:
+        frame[FEATURE_SIZE_COLUMN] = np.full(len(xs), feature_size_px, dtype=np.int64)
+        frame[list(FEATURE_NAMES)] = _scatter(features, picks, len(xs))
     logger.info(
         "%s %s: %d grid tiles listed, %d kept", slide.slide_id, spec.name, len(frame), keep.sum()
     )
     return frame
 
 
+def _read_scores(
+    slide: Any, spec: TileSpec, xs: np.ndarray, ys: np.ndarray, feature_size_px: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blur score (n,) and selection features (n, f) of tiles at level-0 (xs, ys), one read.
+
+    Features are of the tile's area read at ``feature_size_px`` (what selection used to
+    read itself); ``Slide.read_regions_multi`` resizes both patches from one source box,
+    so the values equal those of separate reads. f is 0 when ``feature_size_px`` is None.
+    """
+    geometries = [(spec.size_px, spec.mpp)]
+    if feature_size_px is not None:
+        geometries.append((feature_size_px, spec.mpp * spec.size_px / feature_size_px))
+    n_features = len(FEATURE_NAMES) if feature_size_px is not None else 0
+    blur = np.empty(len(xs))
+    features = np.empty((len(xs), n_features))
+    patches = slide.read_regions_multi(np.stack([xs, ys], 1), geometries)
+    for i, patch in enumerate(patches):
+        blur[i] = blur_score(patch[0])
+        if n_features:
+            features[i] = patch_features(patch[1])
+    return blur, features
+
+
+def _scatter(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """``values`` of ``rows`` spread over n rows, NaN elsewhere (tiles never read)."""
+    out = np.full((n, *values.shape[1:]), np.nan)
+    out[rows] = values
+    return out
+
+
 def tile_slide(
-    slide: Any, tissue: np.ndarray, classes: np.ndarray, params: TilingParams
+    slide: Any,
+    tissue: np.ndarray,
+    classes: np.ndarray,
+    params: TilingParams,
+    *,
+    feature_size_px: int | None = None,
 ) -> pd.DataFrame:
     """All specs' tile rows for an open slide and its masks, in (spec, y, x) order.
 
@@ -268,7 +366,12 @@ def tile_slide(
         tissue: (h, w) uint8 tissue mask (0/255) covering the whole slide.
         classes: (h, w) uint8 artefact class mask on the same grid.
         params: grid and keep rules.
+        feature_size_px: if given, the selection features (``FEATURE_NAMES``) of every tile
+            whose pixels are read for blur, from a patch of this side covering the tile,
+            are added as columns, with this side in ``FEATURE_SIZE_COLUMN``; the value of
+            ``curate.selection.feature_size_px``. None: no feature columns.
     """
+    _check_feature_size(feature_size_px)
     if tissue.shape != classes.shape:
         raise SlideError(
             f"slide {slide.slide_id}: tissue mask {tissue.shape} and artefact mask "
@@ -281,8 +384,38 @@ def tile_slide(
             f"curate.tiling.max_class_fraction has unknown class(es) {unknown}; "
             f"artefact classes: {sorted(artefacts)}"
         )
-    frames = [_tile_spec(slide, s, tissue, classes, artefacts, params) for s in params.specs]
+    width, height = slide.dimensions
+    scale = (tissue.shape[1] / width, tissue.shape[0] / height)  # mask px per level-0 px
+    grids = [_spec_grid(slide, spec, params) for spec in params.specs]
+    tissue_fractions = []
+    for grid, fraction in zip(grids, _fractions(tissue > 0, scale, grids), strict=True):
+        listed = fraction >= max(params.min_candidate_tissue_fraction, 1e-12)
+        grid.xs, grid.ys = grid.xs[listed], grid.ys[listed]
+        tissue_fractions.append(fraction[listed])
+    class_fractions: list[dict[str, np.ndarray]] = [{} for _ in grids]
+    for name, code in artefacts.items():
+        for per_spec, fraction in zip(
+            class_fractions, _fractions(classes == code, scale, grids), strict=True
+        ):
+            per_spec[name] = fraction
+    frames = [
+        _spec_rows(slide, grid, fraction, per_class, params, feature_size_px)
+        for grid, fraction, per_class in zip(grids, tissue_fractions, class_fractions, strict=True)
+    ]
     return pd.concat(frames, ignore_index=True)
+
+
+def _check_feature_size(feature_size_px: int | None) -> None:
+    if feature_size_px is None:
+        return
+    if (
+        not isinstance(feature_size_px, int | np.integer)
+        or isinstance(feature_size_px, bool)
+        or feature_size_px < 8
+    ):
+        raise ConfigError(
+            f"curate.selection.feature_size_px must be an int >= 8, got {feature_size_px!r}"
+        )
 
 
 def run_tile_slide(
@@ -295,6 +428,7 @@ def run_tile_slide(
     params: TilingParams,
     tiles_parquet: str | os.PathLike[str],
     sidecar: str | os.PathLike[str],
+    feature_size_px: int | None = None,
 ) -> None:
     """Stage ``tile_slide``: write tiles.parquet (one row per listed grid tile) and its sidecar.
 
@@ -307,18 +441,25 @@ def run_tile_slide(
         params: grid and keep rules.
         tiles_parquet: output table; x, y are level-0 top-left pixels, ``mpp`` the target mpp,
             fractions are of the tile's area, ``blur_score`` is NaN where the tile failed the
-            mask rules (its pixels were never read).
+            mask rules (its pixels were never read); with ``feature_size_px``, also the
+            selection features (NaN where blur is) and ``FEATURE_SIZE_COLUMN``.
         sidecar: output JSON with parameters, versions and input checksums.
+        feature_size_px: side of the patch the selection features are computed on
+            (``curate.selection.feature_size_px``); None leaves the features out.
     """
     logger.info("tile_slide %s with %s", slide_id, params)
     tissue, classes = read_mask(tissue_png), read_mask(artefacts_png)
     with open_slide(slide_path, slide_id=slide_id, mpp=mpp) as slide:
-        frame = tile_slide(slide, tissue, classes, params)
+        frame = tile_slide(slide, tissue, classes, params, feature_size_px=feature_size_px)
     write_parquet(frame, tiles_parquet)
     write_sidecar(
         sidecar,
         stage="tile_slide",
         params=params,
         inputs=[slide_path, tissue_png, artefacts_png],
-        extra={"n_tiles": len(frame), "n_kept": int(frame["keep"].sum())},
+        extra={
+            "n_tiles": len(frame),
+            "n_kept": int(frame["keep"].sum()),
+            "feature_size_px": feature_size_px,
+        },
     )

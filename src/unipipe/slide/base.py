@@ -89,6 +89,15 @@ class _RegionPlan:
         )
 
 
+def _finish_crop(plan: _RegionPlan, pixels: np.ndarray) -> np.ndarray:
+    """``plan``'s patch from a source box that may be larger than its own (same top-left).
+
+    The source buffer may be reused by the next box, so even a 1:1 read is copied out.
+    """
+    crop = pixels[: plan.read_h, : plan.read_w]
+    return crop.copy() if plan.resize == "copy" else plan.finish(crop)
+
+
 class Slide(abc.ABC):
     """A whole-slide image addressed in level-0 pixels and microns per pixel.
 
@@ -230,6 +239,72 @@ class Slide(abc.ABC):
             reuse_output=plan.resize != "copy",  # finish() copies into a new array
         )
         return (plan.finish(p) for p in pixels)
+
+    def read_regions_multi(
+        self,
+        origins: Sequence[tuple[int, int]] | np.ndarray,
+        geometries: Sequence[tuple[int | tuple[int, int], float]],
+        *,
+        cache_bytes: int | None = None,
+    ) -> Iterator[tuple[np.ndarray, ...]]:
+        """Read every origin at several (size_px, mpp) geometries from one read of its pixels.
+
+        Gives, per origin, the tuple of what ``read_region(x, y, size_px, mpp)`` returns for
+        each geometry, pixel for pixel. Geometries with the same `best_level` share one
+        source box per origin (same top-left, large enough for each of them), read in one
+        batch as `read_regions` reads and resized once per geometry; so a tile's patch at
+        its target mpp and a smaller one for cheap features come from one decode of its
+        tiles. Geometries on different levels each get a batched read of their level, in
+        step with the others.
+
+        Args:
+            origins: (x, y) level-0 top-left of each patch; an (n, 2) array also works.
+            geometries: (size_px, mpp) pairs, as `read_region` takes them.
+            cache_bytes: tile budget of each level's batched read (None: the slide's
+                ``read_cache_bytes``).
+
+        Returns:
+            A lazy iterator with one tuple of (h, w, 3) uint8 RGB arrays per origin, in the
+            order of ``geometries``.
+        """
+        plans = [self._plan(size_px, mpp) for size_px, mpp in geometries]  # fail early
+        points = np.asarray(origins).reshape(-1, 2)
+        budget = self.read_cache_bytes if cache_bytes is None else cache_bytes
+        levels = sorted({plan.level for plan in plans})
+        streams = []
+        for level in levels:
+            members = [plan for plan in plans if plan.level == level]
+            read_w, read_h = max(p.read_w for p in members), max(p.read_h for p in members)
+            # One level, one downsample: every member's box starts at the same level pixel.
+            boxes = [(*members[0].box(int(x), int(y))[:2], read_w, read_h) for x, y in points]
+            streams.append(self._read_level_boxes(level, boxes, budget))
+        source = [levels.index(plan.level) for plan in plans]
+
+        def patches() -> Iterator[tuple[np.ndarray, ...]]:
+            for pixels in zip(*streams, strict=True):
+                yield tuple(
+                    _finish_crop(plan, pixels[i]) for plan, i in zip(plans, source, strict=True)
+                )
+
+        return patches()
+
+    def _read_level_boxes(
+        self, level: int, boxes: list[tuple[int, int, int, int]], cache_bytes: int
+    ) -> Iterator[np.ndarray]:
+        """Pixels of level boxes in order; batched over the tile grid where there is one.
+
+        Where batched, each yielded array is overwritten by the next one.
+        """
+        grid = self._tile_grid(level)
+        if grid is None:
+            return (self._read_padded(level, *box) for box in boxes)
+
+        def error(box: tuple[int, int, int, int], err: Exception) -> Exception:
+            if isinstance(err, UnipipeError | MemoryError):
+                return err
+            return self._decode_error(level, *box, err)
+
+        return read_boxes(grid, boxes, cache_bytes=cache_bytes, on_error=error, reuse_output=True)
 
     def _tile_grid(self, level: int) -> TileGrid | None:
         """The tiles of ``level`` for batched reads, or None to read it box by box (default)."""
