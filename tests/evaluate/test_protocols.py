@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
 from unipipe.errors import ConfigError
+from unipipe.evaluate import protocols
+from unipipe.evaluate.features import read_roi_features
 from unipipe.evaluate.protocols import (
     PROTOCOLS,
     KnnParams,
@@ -94,6 +99,92 @@ def test_knn_tie_goes_to_class_of_nearest_neighbour() -> None:
     test = np.array([[0.2, 1.0]], dtype=np.float32)
     out = knn_protocol(train, labels, test, n_classes=2, params=KnnParams(k=2, extra_k=()), seed=0)
     assert out.pred.tolist() == [0]
+
+
+def _stable_neighbours(train: np.ndarray, test: np.ndarray, k: int) -> tuple:
+    """Reference: the whole product in one torch GEMM, stable sort on -similarity."""
+    sim = (torch.from_numpy(test) @ torch.from_numpy(train).T).numpy()
+    idx = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(sim, idx, axis=1)
+
+
+def _real_frame(demo_h5: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centred, normalised train and test features of the real tiles, and train labels."""
+    feats = read_roi_features(demo_h5)
+    train, test = feats.subset("train"), feats.subset("test")
+    tr, te = center_normalize(feats.features[train], feats.features[test])
+    return tr, te, feats.labels[train]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 7 x 16 products, so a few hundred rows span many blocks and merges."""
+    monkeypatch.setattr(protocols, "_BLOCK_COLS", 16)
+    monkeypatch.setattr(protocols, "_BLOCK_VALUES", 7 * 16)
+
+
+@pytest.mark.parametrize("source", ["real", "random"])
+def test_neighbours_equal_whole_product_reference(demo_h5: Path, source: str) -> None:
+    """Blocked search gives the same neighbours and similarity bits as one whole GEMM."""
+    if source == "real":
+        tr, te, _ = _real_frame(demo_h5)
+    else:
+        rng = np.random.default_rng(7)
+        tr, te = center_normalize(rng.normal(size=(20000, 48)), rng.normal(size=(90, 48)))
+    idx, sim = protocols._neighbours(tr, te, 20, chunk_rows=4096)
+    ref_idx, ref_sim = _stable_neighbours(tr, te, 20)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(sim, ref_sim)
+
+
+def _exact_products(x: np.ndarray) -> np.ndarray:
+    """Real features rounded to multiples of 1/8: every dot product is exact in float32.
+
+    Tiny blocks run through a different GEMM kernel whose last bit may differ; with exact
+    products any block shape gives the reference's bits, so ties are real ties.
+    """
+    return np.round(x * 8) / np.float32(8)
+
+
+@pytest.mark.parametrize("k", [1, 4, 5, 7, 20])
+@pytest.mark.usefixtures("small_blocks")
+def test_neighbours_ties_keep_lower_train_index_at_kth_place(demo_h5: Path, k: int) -> None:
+    """Each real train row four times: tied copies rank by index, also across the k-th place.
+
+    The previous search (topk, then a sort of the k it chose) could keep a later copy at
+    the k-th place, since topk picks among equal values arbitrarily.
+    """
+    tr, te, _ = _real_frame(demo_h5)
+    copies, te = _exact_products(np.concatenate([tr] * 4)), _exact_products(te)
+    idx, sim = protocols._neighbours(copies, te, k, chunk_rows=5)
+    ref_idx, ref_sim = _stable_neighbours(copies, te, k)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(sim, ref_sim)
+
+
+def test_knn_protocol_on_real_features_equals_reference_vote(demo_h5: Path) -> None:
+    """k-NN predictions on the real tiles equal the vote over the reference neighbours."""
+    feats = read_roi_features(demo_h5)
+    train, test = feats.subset("train"), feats.subset("test")
+    out = knn_protocol(feats.features[train], feats.labels[train], feats.features[test],
+                       n_classes=2, params=KnnParams(chunk_rows=3), seed=0)  # fmt: skip
+    tr, te, ytr = _real_frame(demo_h5)
+    ref_idx, _ = _stable_neighbours(tr, te, 20)
+    for k, pred in ((20, out.pred), (1, out.extra["predictions_at_k"]["1"])):
+        np.testing.assert_array_equal(pred, protocols._vote(ytr[ref_idx[:, :k]], 2)[0])
+
+
+def test_center_normalize_equals_whole_array_expression() -> None:
+    """Blocked, threaded centring gives the bits of (x - mean) / max(||x - mean||, 1e-12)."""
+    rng = np.random.default_rng(3)
+    train = rng.normal(3.0, 2.0, size=(5000, 300))  # float64 in: cast after centring
+    test = rng.normal(size=(700, 300)).astype(np.float32)
+    mean = train.mean(axis=0, keepdims=True)
+    for got, x in zip(center_normalize(train, test), (train, test), strict=True):
+        centred = (x - mean).astype(np.float32)
+        expected = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_simpleshot_nearest_class_mean() -> None:
