@@ -39,3 +39,21 @@ def test_patch_features_separate_tissue_from_glass(svs_path: Path) -> None:
     for name in ("feat_h_mean", "feat_od_mean", "feat_grad_mean", "feat_grey_std"):
         assert t[names.index(name)] > 2 * g[names.index(name)], name
     assert np.isfinite(t).all()
+
+
+def test_patch_features_colour_terms_equal_rgb2hed(svs_path: Path) -> None:
+    """The stain terms are rgb2hed's statistics bit for bit (stored features must not drift)."""
+    with open_slide(svs_path, slide_id="s1") as slide:
+        patch = slide.read_region(1026, 1539, 128, 1.0)
+    features = dict(zip(FEATURE_NAMES, patch_features(patch), strict=True))
+    hed = rgb2hed(patch)
+    od = -np.log10((patch.astype(np.float32) + 1.0) / 256.0)
+    assert features["feat_h_mean"] == hed[..., 0].mean()
+    assert features["feat_h_std"] == hed[..., 0].std()
+    assert features["feat_e_std"] == hed[..., 1].std()
+    assert features["feat_d_mean"] == hed[..., 2].mean()
+    assert (
+        features["feat_od_mean"]
+        == (-np.log10((patch.astype(np.float32) + 1.0) / 256.0).sum(axis=2)).mean()
+    )
+    assert features["feat_od_mean"] == od.sum(axis=2).mean()

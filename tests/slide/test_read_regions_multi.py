@@ -80,3 +80,22 @@ def test_read_regions_multi_bad_geometry_fails_at_call() -> None:
         pytest.raises(ValueError, match="mpp must be positive"),
     ):
         slide.read_regions_multi([(0, 0)], [(256, 0.5), (64, 0.0)])
+
+
+def test_read_regions_multi_wanted_reads_only_what_each_origin_needs() -> None:
+    """Geometries an origin does not want are None; the wanted ones stay exact."""
+    with open_slide(SLIDES / "CMU-1-Small-Region-dicom" / "level-0-frames-0-30.dcm") as slide:
+        origins = _origins(slide, n=10, seed=3)
+        wanted = np.random.default_rng(3).random((len(origins), len(GEOMETRIES))) > 0.5
+        wanted[0] = False  # an origin that wants nothing
+        reads = slide.read_regions_multi(origins, GEOMETRIES, wanted=wanted)
+        for (x, y), row, patches in zip(origins, wanted, reads, strict=True):
+            for want, patch, (size_px, mpp) in zip(row, patches, GEOMETRIES, strict=True):
+                if not want:
+                    assert patch is None
+                    continue
+                np.testing.assert_array_equal(
+                    patch, slide.read_region(int(x), int(y), size_px, mpp)
+                )
+        with pytest.raises(ValueError, match="wanted must be"):
+            slide.read_regions_multi(origins, GEOMETRIES, wanted=wanted[:, :2])

@@ -16,6 +16,9 @@ _STAIN_OD = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]
 RGB_FROM_HED = _STAIN_OD / np.linalg.norm(_STAIN_OD, axis=1, keepdims=True)
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 
+_HED_FROM_RGB_32 = HED_FROM_RGB.astype(np.float32)
+_GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 luma
+
 FEATURE_NAMES = (
     "feat_h_mean",
     "feat_h_std",
@@ -42,7 +45,7 @@ def rgb2hed(rgb: np.ndarray) -> np.ndarray:
         (h, w, 3) float32 with channels haematoxylin, eosin, DAB; 0 for white.
     """
     od = -np.log10((rgb.astype(np.float32) + 1.0) / 256.0)  # (h, w, 3) >= 0
-    return (od @ HED_FROM_RGB.astype(np.float32)).astype(np.float32)
+    return (od @ _HED_FROM_RGB_32).astype(np.float32)
 
 
 def patch_features(rgb: np.ndarray) -> np.ndarray:
@@ -58,12 +61,16 @@ def patch_features(rgb: np.ndarray) -> np.ndarray:
     Returns:
         (len(FEATURE_NAMES),) float64.
     """
-    hed = rgb2hed(rgb)
-    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0
+    # One float copy and one optical density serve colour and texture; each value is what
+    # rgb2hed and a separate -log10 pass give, bit for bit (stored features must not move).
+    intensity = rgb.astype(np.float32)
+    od = -np.log10((intensity + 1.0) / 256.0)  # (h, w, 3)
+    hed = (od @ _HED_FROM_RGB_32).astype(np.float32)
+    grey = intensity @ _GREY_WEIGHTS / 255.0
     gy, gx = np.diff(grey, axis=0)[:, :-1], np.diff(grey, axis=1)[:-1, :]  # (h-1, w-1)
     grad = np.hypot(gx, gy)
     lap = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
-    od_total = -np.log10((rgb.astype(np.float32) + 1.0) / 256.0).sum(axis=2)
+    od_total = od.sum(axis=2)
     return np.array(
         [
             hed[..., 0].mean(),

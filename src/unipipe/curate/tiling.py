@@ -278,15 +278,14 @@ def _fractions(
     return [table_fractions(table, scale, g.xs, g.ys, g.footprint_px) for g in grids]
 
 
-def _spec_rows(
+def _spec_frame(
     slide: Any,
     grid: _SpecGrid,
     tissue_fraction: np.ndarray,
     class_fractions: Mapping[str, np.ndarray],
     params: TilingParams,
-    feature_size_px: int | None,
 ) -> pd.DataFrame:
-    """Rows of tiles.parquet for one spec: mask fractions, blur (and features), keep."""
+    """Rows of tiles.parquet for one spec up to the mask rules: ``keep`` before blur."""
     spec, xs, ys = grid.spec, grid.xs, grid.ys
     frame = pd.DataFrame(
         {
@@ -303,45 +302,51 @@ def _spec_rows(
     for name, fraction in class_fractions.items():
         frame[f"{name}_fraction"] = fraction
         keep &= fraction <= params.class_limit(name)
-
-    # Blur needs pixels at the target mpp: read only tiles that passed the mask rules, and
-    # take the selection features from the same read, so no later stage decodes them again.
-    picks = np.flatnonzero(keep)
-    blur, features = _read_scores(slide, spec, xs[picks], ys[picks], feature_size_px)
-    frame["blur_score"] = _scatter(blur, picks, len(xs))
-    if params.min_blur_score > 0:
-        keep &= frame["blur_score"].to_numpy() >= params.min_blur_score
     frame["keep"] = keep
-    if feature_size_px is not None:
-        frame[FEATURE_SIZE_COLUMN] = np.full(len(xs), feature_size_px, dtype=np.int64)
-        frame[list(FEATURE_NAMES)] = _scatter(features, picks, len(xs))
-    logger.info(
-        "%s %s: %d grid tiles listed, %d kept", slide.slide_id, spec.name, len(frame), keep.sum()
-    )
     return frame
 
 
 def _read_scores(
-    slide: Any, spec: TileSpec, xs: np.ndarray, ys: np.ndarray, feature_size_px: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Blur score (n,) and selection features (n, f) of tiles at level-0 (xs, ys), one read.
+    slide: Any,
+    frames: Sequence[pd.DataFrame],
+    specs: Sequence[TileSpec],
+    feature_size_px: int | None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per spec, blur scores (n,) and features (n, f) of the tiles that passed the mask rules.
 
-    Features are of the tile's area read at ``feature_size_px`` (what selection used to
-    read itself); ``Slide.read_regions_multi`` resizes both patches from one source box,
-    so the values equal those of separate reads. f is 0 when ``feature_size_px`` is None.
+    One batched read for all specs, in row-major order of the tiles' corners, so a stored
+    tile under a 256 px and a 512 px tile is decoded once for both. Features are of the
+    tile's area read at ``feature_size_px`` (what selection used to read itself) and come
+    from the same source box as the blur patch (``Slide.read_regions_multi``), so the
+    values equal those of separate reads; f is 0 when ``feature_size_px`` is None.
     """
-    geometries = [(spec.size_px, spec.mpp)]
-    if feature_size_px is not None:
-        geometries.append((feature_size_px, spec.mpp * spec.size_px / feature_size_px))
+    geometries: list[tuple[int, float]] = []
+    for spec in specs:
+        geometries.append((spec.size_px, spec.mpp))
+        if feature_size_px is not None:
+            geometries.append((feature_size_px, spec.mpp * spec.size_px / feature_size_px))
+    per_spec = len(geometries) // len(specs)
+    picks = [np.flatnonzero(frame["keep"].to_numpy()) for frame in frames]
+    spec_of = np.concatenate([np.full(len(p), k) for k, p in enumerate(picks)]).astype(np.int64)
+    # Position of each read tile among its spec's picks.
+    row_of = np.concatenate([np.arange(len(p)) for p in picks]).astype(np.int64)
+    xs = np.concatenate([f["x"].to_numpy()[p] for f, p in zip(frames, picks, strict=True)])
+    ys = np.concatenate([f["y"].to_numpy()[p] for f, p in zip(frames, picks, strict=True)])
+    order = np.lexsort((spec_of, xs, ys))  # row-major (y, then x) over every spec
+    wanted = np.zeros((len(order), len(geometries)), bool)
+    for j in range(per_spec):
+        wanted[np.arange(len(order)), spec_of[order] * per_spec + j] = True
+
     n_features = len(FEATURE_NAMES) if feature_size_px is not None else 0
-    blur = np.empty(len(xs))
-    features = np.empty((len(xs), n_features))
-    patches = slide.read_regions_multi(np.stack([xs, ys], 1), geometries)
-    for i, patch in enumerate(patches):
-        blur[i] = blur_score(patch[0])
+    out = [(np.empty(len(p)), np.empty((len(p), n_features))) for p in picks]
+    reads = slide.read_regions_multi(np.stack([xs[order], ys[order]], 1), geometries, wanted=wanted)
+    for i, patches in zip(order, reads, strict=True):
+        k, row = spec_of[i], row_of[i]
+        blur, features = out[k]
+        blur[row] = blur_score(patches[k * per_spec])
         if n_features:
-            features[i] = patch_features(patch[1])
-    return blur, features
+            features[row] = patch_features(patches[k * per_spec + 1])
+    return out
 
 
 def _scatter(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
@@ -399,10 +404,40 @@ def tile_slide(
         ):
             per_spec[name] = fraction
     frames = [
-        _spec_rows(slide, grid, fraction, per_class, params, feature_size_px)
+        _spec_frame(slide, grid, fraction, per_class, params)
         for grid, fraction, per_class in zip(grids, tissue_fractions, class_fractions, strict=True)
     ]
+
+    # Blur needs pixels at the target mpp: read only tiles that passed the mask rules, and
+    # take the selection features from the same read, so no later stage decodes them again.
+    scores = _read_scores(slide, frames, params.specs, feature_size_px)
+    for frame, spec, (blur, features) in zip(frames, params.specs, scores, strict=True):
+        _finish_frame(slide, frame, spec, blur, features, params, feature_size_px)
     return pd.concat(frames, ignore_index=True)
+
+
+def _finish_frame(
+    slide: Any,
+    frame: pd.DataFrame,
+    spec: TileSpec,
+    blur: np.ndarray,
+    features: np.ndarray,
+    params: TilingParams,
+    feature_size_px: int | None,
+) -> None:
+    """Add blur, the blur rule and the features to one spec's rows (read rows: ``keep``)."""
+    keep = frame.pop("keep").to_numpy()
+    picks = np.flatnonzero(keep)
+    frame["blur_score"] = _scatter(blur, picks, len(frame))
+    if params.min_blur_score > 0:
+        keep = keep & (frame["blur_score"].to_numpy() >= params.min_blur_score)
+    frame["keep"] = keep
+    if feature_size_px is not None:
+        frame[FEATURE_SIZE_COLUMN] = np.full(len(frame), feature_size_px, dtype=np.int64)
+        frame[list(FEATURE_NAMES)] = _scatter(features, picks, len(frame))
+    logger.info(
+        "%s %s: %d grid tiles listed, %d kept", slide.slide_id, spec.name, len(frame), keep.sum()
+    )
 
 
 def _check_feature_size(feature_size_px: int | None) -> None:

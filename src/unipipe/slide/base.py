@@ -245,46 +245,70 @@ class Slide(abc.ABC):
         origins: Sequence[tuple[int, int]] | np.ndarray,
         geometries: Sequence[tuple[int | tuple[int, int], float]],
         *,
+        wanted: np.ndarray | None = None,
         cache_bytes: int | None = None,
-    ) -> Iterator[tuple[np.ndarray, ...]]:
+    ) -> Iterator[tuple[np.ndarray | None, ...]]:
         """Read every origin at several (size_px, mpp) geometries from one read of its pixels.
 
         Gives, per origin, the tuple of what ``read_region(x, y, size_px, mpp)`` returns for
         each geometry, pixel for pixel. Geometries with the same `best_level` share one
-        source box per origin (same top-left, large enough for each of them), read in one
-        batch as `read_regions` reads and resized once per geometry; so a tile's patch at
-        its target mpp and a smaller one for cheap features come from one decode of its
-        tiles. Geometries on different levels each get a batched read of their level, in
-        step with the others.
+        source box per origin (same top-left, large enough for each geometry it wants),
+        read in one batch as `read_regions` reads and resized once per geometry: a tile's
+        patch at its target mpp and a smaller one for cheap features come from one decode
+        of its tiles, and so do tiles of several sizes listed together in row-major order.
+        Geometries on different levels each get a batched read of their level, in step.
 
         Args:
             origins: (x, y) level-0 top-left of each patch; an (n, 2) array also works.
             geometries: (size_px, mpp) pairs, as `read_region` takes them.
+            wanted: (n, len(geometries)) bool, which geometries each origin needs (None:
+                all); a geometry not wanted comes back as None and costs nothing.
             cache_bytes: tile budget of each level's batched read (None: the slide's
                 ``read_cache_bytes``).
 
         Returns:
-            A lazy iterator with one tuple of (h, w, 3) uint8 RGB arrays per origin, in the
-            order of ``geometries``.
+            A lazy iterator with one tuple of (h, w, 3) uint8 RGB arrays (or None) per
+            origin, in the order of ``geometries``.
         """
         plans = [self._plan(size_px, mpp) for size_px, mpp in geometries]  # fail early
         points = np.asarray(origins).reshape(-1, 2)
+        if wanted is None:
+            wanted = np.ones((len(points), len(plans)), bool)
+        wanted = np.asarray(wanted, bool)
+        if wanted.shape != (len(points), len(plans)):
+            raise ValueError(
+                f"wanted must be (origins, geometries) = {(len(points), len(plans))}, "
+                f"got {wanted.shape}"
+            )
         budget = self.read_cache_bytes if cache_bytes is None else cache_bytes
         levels = sorted({plan.level for plan in plans})
+        on_level = [[j for j, plan in enumerate(plans) if plan.level == lv] for lv in levels]
         streams = []
-        for level in levels:
-            members = [plan for plan in plans if plan.level == level]
-            read_w, read_h = max(p.read_w for p in members), max(p.read_h for p in members)
-            # One level, one downsample: every member's box starts at the same level pixel.
-            boxes = [(*members[0].box(int(x), int(y))[:2], read_w, read_h) for x, y in points]
+        for level, members in zip(levels, on_level, strict=True):
+            # Per origin, the smallest box holding every wanted member; one level, one
+            # downsample, so every member's box starts at the same level pixel.
+            read_w = np.where(wanted[:, members], [plans[j].read_w for j in members], 0).max(1)
+            read_h = np.where(wanted[:, members], [plans[j].read_h for j in members], 0).max(1)
+            first = plans[members[0]]
+            boxes = [
+                (*first.box(int(x), int(y))[:2], int(w), int(h))
+                for (x, y), w, h in zip(points, read_w, read_h, strict=True)
+                if w
+            ]
             streams.append(self._read_level_boxes(level, boxes, budget))
-        source = [levels.index(plan.level) for plan in plans]
 
-        def patches() -> Iterator[tuple[np.ndarray, ...]]:
-            for pixels in zip(*streams, strict=True):
-                yield tuple(
-                    _finish_crop(plan, pixels[i]) for plan, i in zip(plans, source, strict=True)
-                )
+        def patches() -> Iterator[tuple[np.ndarray | None, ...]]:
+            out: list[np.ndarray | None] = [None] * len(plans)
+            for row in wanted:
+                out[:] = [None] * len(plans)
+                for stream, members in zip(streams, on_level, strict=True):
+                    if not row[members].any():
+                        continue
+                    pixels = next(stream)
+                    for j in members:
+                        if row[j]:
+                            out[j] = _finish_crop(plans[j], pixels)
+                yield tuple(out)
 
         return patches()
 
