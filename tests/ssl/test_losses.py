@@ -94,3 +94,38 @@ def test_sinkhorn_knopp_row_and_column_sums():
     assert (q.sum(dim=0) - 4.0).abs().max() < 0.5
     q_many = sinkhorn_knopp(logits, 0.5, n_iters=100)
     torch.testing.assert_close(q_many.sum(dim=0), torch.full((16,), 4.0), atol=1e-3, rtol=0)
+
+
+def _sinkhorn_as_dinov2_writes_it(logits: torch.Tensor, temp: float, n_iters: int) -> torch.Tensor:
+    """DINOv2's single-process Sinkhorn-Knopp, step for step, as a plain reference."""
+    q = torch.exp(logits.double() / temp).t()  # (K, N)
+    n_protos, n_samples = q.shape
+    q = q / q.sum()
+    for _ in range(n_iters):
+        q = q / q.sum(dim=1, keepdim=True) / n_protos
+        q = q / q.sum(dim=0, keepdim=True) / n_samples
+    return (q * n_samples).t()
+
+
+@pytest.mark.parametrize(("n_samples", "n_protos", "temp"), [(64, 16, 0.5), (7, 1000, 0.04)])
+def test_sinkhorn_knopp_matches_dinov2_formula(n_samples, n_protos, temp):
+    """Leaving out DINOv2's scale-only passes gives its targets to fp32 rounding."""
+    torch.manual_seed(0)
+    logits = torch.rand(n_samples, n_protos) * 2.0 - 1.0  # cosines, like the head's logits
+    expected = _sinkhorn_as_dinov2_writes_it(logits, temp, n_iters=3).float()
+    torch.testing.assert_close(sinkhorn_knopp(logits, temp, n_iters=3), expected)
+
+
+def test_sinkhorn_knopp_no_samples_gives_empty_targets():
+    """A rank without masked tokens gets (0, K) targets and no NaN (it still all-reduces)."""
+    q = sinkhorn_knopp(torch.zeros(0, 8), 0.04)
+    assert q.shape == (0, 8)
+
+
+def test_softmax_center_update_without_samples_keeps_center():
+    """A step with no sample on any rank (no masked token) leaves the centre where it was."""
+    center = SoftmaxCenter(2, momentum=0.9)
+    center.update(torch.tensor([[1.0, 3.0]]))
+    before = center.center.clone()
+    center.update(torch.zeros(0, 2))
+    torch.testing.assert_close(center.center, before)

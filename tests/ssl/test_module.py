@@ -8,6 +8,7 @@ import torch
 from unipipe.ssl.augment import MultiCrop
 from unipipe.ssl.config import PretrainConfig
 from unipipe.ssl.data import MultiCropCollate, MultiCropDataset, PretrainDataModule, open_patches
+from unipipe.ssl.losses import dino_cls_loss, ibot_patch_loss, sinkhorn_knopp
 from unipipe.ssl.module import DINOv2Module, TrainingDivergedError
 from unipipe.ssl.train import build_trainer
 
@@ -113,3 +114,62 @@ def test_train_mode_keeps_teacher_in_eval():
     module = DINOv2Module(PretrainConfig.from_yaml(TINY_YAML, SMALL), global_batch=4).train()
     assert module.student.training
     assert not any(m.training for m in module.teacher.modules())
+
+
+def _count_calls(module: torch.nn.Module) -> list[int]:
+    rows: list[int] = []
+    module.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+    return rows
+
+
+def test_compute_losses_one_head_pass_per_model_matches_per_crop_heads(shard_index):
+    """Student and teacher heads run once on CLS + masked tokens; losses equal per-group heads."""
+    cfg = PretrainConfig.from_yaml(TINY_YAML, {**SMALL, "model.drop_path_rate": 0.0})
+    module = DINOv2Module(cfg, global_batch=4).train()
+    batch = _batch(shard_index, cfg)
+    masks = batch["masks"]
+    student_rows = _count_calls(module.student["dino_head"])
+    teacher_rows = _count_calls(module.teacher["dino_head"])
+    losses = module.compute_losses(batch, step=0)
+
+    n_masked = int(masks.sum())
+    assert n_masked > 0
+    assert student_rows == [8 + 8 + n_masked]  # 2x4 global CLS, 2x4 local CLS, masked patches
+    assert teacher_rows == [8 + n_masked]
+
+    # The same losses with a head call per crop group (what the code did before).
+    temp = module.schedules.teacher_temp(0)
+    student, teacher = module.student, module.teacher
+    with torch.no_grad():
+        t_out = teacher["backbone"](batch["global_crops"])
+        t_cls = sinkhorn_knopp(teacher["dino_head"](t_out.cls), temp)
+        t_patch = sinkhorn_knopp(teacher["dino_head"](t_out.patch[masks]), temp)
+    s_g = student["backbone"](batch["global_crops"], masks)
+    s_l = student["backbone"](batch["local_crops"])
+    s_logits = [*student["dino_head"](s_g.cls).chunk(2), *student["dino_head"](s_l.cls).chunk(2)]
+    dino = dino_cls_loss(s_logits, list(t_cls.chunk(2)), student_temp=0.1)
+    weights = (1.0 / masks.sum(dim=1).clamp(min=1.0)).unsqueeze(1).expand_as(masks)[masks]
+    s_patch = student["dino_head"](s_g.patch[masks])
+    ibot = ibot_patch_loss(s_patch, t_patch, weights, n_images=8, student_temp=0.1)
+    torch.testing.assert_close(losses["dino"], dino, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(losses["ibot"], ibot, rtol=1e-5, atol=1e-5)
+
+
+def test_compute_losses_no_masked_crop_still_centres_ibot(shard_index):
+    """A batch without masked crops gives iBOT 0 but still runs the iBOT centering (DDP)."""
+    cfg = PretrainConfig.from_yaml(TINY_YAML, SMALL)
+    module = DINOv2Module(cfg, global_batch=4)
+    batch = _batch(shard_index, cfg)
+    batch["masks"] = torch.zeros_like(batch["masks"])
+    rows: list[int] = []
+    real_targets = module._targets
+
+    def counting_targets(logits, center, temp):
+        rows.append(logits.shape[0])
+        return real_targets(logits, center, temp)
+
+    module._targets = counting_targets
+    losses = module.compute_losses(batch, step=0)
+    assert rows == [8, 0]  # DINO targets of 2x4 CLS tokens, then iBOT targets of 0 tokens
+    assert float(losses["ibot"]) == 0.0
+    assert torch.isfinite(losses["total"])

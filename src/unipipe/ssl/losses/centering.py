@@ -37,32 +37,32 @@ class SoftmaxCenter(nn.Module):
         total = all_reduce_sum(teacher_logits.float().sum(dim=0, keepdim=True))
         count = all_reduce_sum(torch.tensor(float(teacher_logits.shape[0]), device=total.device))
         batch_center = total / count.clamp(min=1.0)
-        self.center.mul_(self.momentum).add_(batch_center, alpha=1.0 - self.momentum)
+        moved = self.center * self.momentum + batch_center * (1.0 - self.momentum)
+        # No sample on any rank (no masked token this step): the centre stays, without a sync.
+        self.center.copy_(torch.where(count > 0, moved, self.center))
 
 
 @torch.no_grad()
 def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, *, n_iters: int = 3) -> torch.Tensor:
     """Balanced soft assignment of N samples to K prototypes (SwAV / DINOv2 centering).
 
-    Alternates normalising prototype marginals to 1/K and sample marginals to 1/N, with N
-    and the sums taken over all ranks. Each returned row sums to 1.
+    Alternates giving every prototype the same total mass (sums over all ranks' samples)
+    and making every sample's row sum to 1. DINOv2 also divides by the grand total first,
+    by K and N inside the loop and multiplies by N at the end; the prototype step is blind
+    to any overall scale, so those passes over the (N, K) matrix change nothing but the
+    rounding and are left out, as is DINOv2's all-reduce of N.
 
     Args:
-        teacher_logits: (N, K) this rank's teacher logits.
+        teacher_logits: (N, K) this rank's teacher logits; N may be 0 on some ranks.
         temp: teacher temperature.
         n_iters: normalisation rounds (3 in DINOv2).
 
     Returns:
         (N, K) fp32 targets.
     """
-    q = torch.exp(teacher_logits.float() / temp).t()  # (K, N)
-    n_samples = all_reduce_sum(torch.tensor(float(q.shape[1]), device=q.device))
-    n_protos = q.shape[0]
-    q /= all_reduce_sum(q.sum())
+    q = teacher_logits.float() / temp  # (N, K), a fresh tensor: normalised in place below
+    q.exp_()
     for _ in range(n_iters):
-        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))  # prototype marginals (all ranks)
-        q /= n_protos
-        q /= q.sum(dim=0, keepdim=True)  # sample marginals (local: each sample is one rank's)
-        q /= n_samples
-    q *= n_samples
-    return q.t()
+        q /= all_reduce_sum(q.sum(dim=0, keepdim=True))  # (1, K) prototype mass, all ranks
+        q /= q.sum(dim=1, keepdim=True)  # (N, 1): each sample is one rank's
+    return q
