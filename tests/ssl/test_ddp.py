@@ -75,3 +75,42 @@ def test_ddp_two_cpu_processes_match_one_process(shard_index, tmp_path):
     a, b = (load_file(tmp_path / d / "encoder.safetensors") for d in ("one", "two"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+IBOT_WORKER = Path(__file__).with_name("ibot_ranks_worker.py")
+
+
+def _run_ranks(index: Path, out: Path, world: int) -> list[dict]:
+    port = str(_free_port())
+    procs = []
+    for rank in range(world) if world > 1 else [1]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        env.update({"RANK": str(rank), "OMP_NUM_THREADS": "1"})
+        if world > 1:
+            env.update({"WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+        cmd = [sys.executable, str(IBOT_WORKER), str(index), str(out / f"rank{rank}.json")]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        )
+    results = []
+    for proc in procs:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output.decode()[-3000:]
+    for path in sorted(out.glob("rank*.json")):
+        results.append(json.loads(path.read_text()))
+    return results
+
+
+@pytest.mark.slow
+def test_ddp_rank_without_masked_crops_joins_ibot_centering(shard_index, tmp_path):
+    """A rank whose crops are all unmasked still joins iBOT's Sinkhorn all-reduce.
+
+    Rank 1's iBOT loss then equals the one it gets alone, since rank 0 adds no token.
+    """
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one").mkdir()
+    rank0, rank1 = _run_ranks(shard_index, tmp_path / "two", world=2)
+    (alone,) = _run_ranks(shard_index, tmp_path / "one", world=1)
+    assert rank0["ibot"] == 0.0
+    assert rank1["ibot"] > 0.0
+    assert rank1["ibot"] == pytest.approx(alone["ibot"], rel=1e-5)
