@@ -8,14 +8,17 @@ import cv2
 import numpy as np
 import pytest
 
+from unipipe.curate import artefact_stain
 from unipipe.curate.artefact_fold import FoldParams, detect_fold
 from unipipe.curate.artefact_glass import GlassParams, detect_glass
 from unipipe.curate.artefact_stain import (
     StainParams,
+    block_optical_density,
     detect_overstain,
     detect_understain,
     estimate_stain_type,
     hed_optical_density,
+    optical_density,
 )
 from unipipe.errors import ConfigError
 
@@ -120,3 +123,40 @@ def test_stain_params_reject_bad_stain_type_thresholds(field, value):
     """Stain-type thresholds out of range raise ConfigError naming the key."""
     with pytest.raises(ConfigError, match=f"curate.artefacts.stain.{field}"):
         StainParams(**{field: value})
+
+
+@pytest.mark.parametrize("band_px", [1, 97, 1 << 20])
+def test_stain_type_in_bands_equals_all_pixels_at_once(band_px, monkeypatch):
+    """Judging the tissue in bands of rows gives the shares of judging every pixel at once."""
+    rgb = _rgb(CLEAN)
+    tissue = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1] > 30  # real, irregular tissue mask
+    hed = hed_optical_density(rgb[tissue])
+    params = StainParams()
+    monkeypatch.setattr(artefact_stain, "_STAIN_BAND_PX", band_px)
+    stain = estimate_stain_type(rgb, tissue, params=params)
+    assert stain.dab_fraction == float(
+        np.mean((hed[:, 2] > params.dab_min_od) & (hed[:, 1] <= 0.0))
+    )
+    assert stain.eosin_fraction == float(np.mean(hed[:, 1] > 0.0))
+
+
+def test_block_optical_density_matches_masked_copy():
+    """Block ODs equal those of the tissue colour masked and padded the direct way."""
+    rgb = _rgb(CLEAN)
+    tissue = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1] > 30
+    params = StainParams(block_um=45.0)
+    got, block = block_optical_density(rgb, tissue, mpp=1.0, params=params)
+    h, w = tissue.shape
+    pad = (0, -h % block, 0, -w % block)
+    weight = cv2.copyMakeBorder(tissue.astype(np.uint8) * 255, *pad, cv2.BORDER_CONSTANT, value=0)
+    colour = cv2.copyMakeBorder(
+        cv2.bitwise_and(rgb, rgb, mask=weight[:h, :w]), *pad, cv2.BORDER_CONSTANT, value=0
+    )
+    rows, cols = weight.shape[0] // block, weight.shape[1] // block
+    mean_w = cv2.resize(weight, (cols, rows), interpolation=cv2.INTER_AREA) / np.float32(255)
+    mean_c = cv2.resize(colour, (cols, rows), interpolation=cv2.INTER_AREA).astype(np.float32)
+    judged = mean_w >= params.min_block_tissue
+    od = optical_density(mean_c / np.maximum(mean_w, 1e-6)[..., None])
+    np.testing.assert_array_equal(got, np.where(judged, od, np.nan).astype(np.float32))
+    assert np.isfinite(got).any()
+    assert np.isnan(got).any()

@@ -182,3 +182,16 @@ def test_tissue_params_reject_bad_values(section, key):
     """Invalid config values raise ConfigError naming the config key."""
     with pytest.raises(ConfigError, match=key):
         build_params(TissueParams, section, "curate.tissue")
+
+
+def test_filter_components_leaves_its_input_and_returns_bool(svs_path: Path) -> None:
+    """Contours are traced on a view of the caller's mask: it is not changed, the result is bool."""
+    with open_slide(svs_path) as slide:
+        thumb = slide.read_thumbnail(4.0)
+    mask = cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV)[..., 1] > 20
+    before = mask.copy()
+    kept, pieces = filter_components(mask, min_area_px=50, min_hole_px=20)
+    np.testing.assert_array_equal(mask, before)
+    assert kept.dtype == bool
+    assert pieces
+    assert kept.any()

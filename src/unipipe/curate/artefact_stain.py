@@ -29,6 +29,9 @@ _STAIN_OD /= np.linalg.norm(_STAIN_OD, axis=1, keepdims=True)
 _HED_FROM_OD = np.linalg.inv(_STAIN_OD).astype(np.float32)  # od (n, 3) @ this -> (n, 3) H, E, D
 _OD_OF_LEVEL = (-np.log10((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
 
+# Pixels judged at a time by `estimate_stain_type` (about 24 MB of float densities).
+_STAIN_BAND_PX = 1 << 20
+
 StainLabel = Literal["he", "ihc", "not_he", "unknown"]
 
 
@@ -137,12 +140,21 @@ def estimate_stain_type(
         tissue: (h, w) bool mask of the pixels to judge (clean tissue: ink left out).
         params: the thresholds.
     """
-    pixels = as_views(image).rgb[tissue]  # (n, 3) uint8
-    if not len(pixels):
+    rgb = as_views(image).rgb
+    # Bands of rows: the float stain densities take 24 bytes per judged pixel, which for a
+    # whole thumbnail at once was the largest array of the stage. Counts are exact, and
+    # each pixel's densities do not depend on the band it is computed in.
+    rows = max(1, _STAIN_BAND_PX // max(1, rgb.shape[1]))
+    n = n_dab = n_eosin = 0
+    for top in range(0, rgb.shape[0], rows):
+        pixels = rgb[top : top + rows][tissue[top : top + rows]]  # (m, 3) uint8
+        hed = hed_optical_density(pixels)  # (m, 3): H, E, D
+        n += len(pixels)
+        n_dab += int(np.count_nonzero((hed[:, 2] > params.dab_min_od) & (hed[:, 1] <= 0.0)))
+        n_eosin += int(np.count_nonzero(hed[:, 1] > 0.0))
+    if not n:
         return StainType("unknown", 0.0, 0.0, None)
-    hed = hed_optical_density(pixels)  # (n, 3): H, E, D
-    dab = float(np.mean((hed[:, 2] > params.dab_min_od) & (hed[:, 1] <= 0.0)))
-    eosin = float(np.mean(hed[:, 1] > 0.0))
+    dab, eosin = n_dab / n, n_eosin / n
     if dab > params.max_dab_fraction:
         reason = f"stain looks like IHC (DAB fraction {dab:.2f} > {params.max_dab_fraction:g})"
         return StainType("ihc", dab, eosin, reason)
@@ -169,11 +181,12 @@ def block_optical_density(
     h, w = tissue.shape
     block = max(1, round(params.block_um / mpp))
     rows, cols = -(-h // block), -(-w // block)
-    pad = (0, rows * block - h, 0, cols * block - w)
-    weight = cv2.copyMakeBorder(tissue.astype(np.uint8) * 255, *pad, cv2.BORDER_CONSTANT, value=0)
-    colour = cv2.copyMakeBorder(
-        cv2.bitwise_and(rgb, rgb, mask=weight[:h, :w]), *pad, cv2.BORDER_CONSTANT, value=0
-    )
+    # Tissue weight (255) and tissue colour, zero elsewhere, written straight into arrays
+    # padded to whole blocks: one copy of the thumbnail instead of three.
+    weight = np.zeros((rows * block, cols * block), np.uint8)
+    np.multiply(tissue, np.uint8(255), out=weight[:h, :w])
+    colour = np.zeros((rows * block, cols * block, 3), np.uint8)
+    np.copyto(colour[:h, :w], rgb, where=tissue[..., None])
     mean_weight = cv2.resize(weight, (cols, rows), interpolation=cv2.INTER_AREA)
     mean_colour = cv2.resize(colour, (cols, rows), interpolation=cv2.INTER_AREA)
     mean_weight = mean_weight.reshape(rows, cols).astype(np.float32) / 255.0

@@ -239,12 +239,10 @@ def qc_summary(
     classes: np.ndarray, rgb: np.ndarray, *, slide_id: str, mpp: float, params: ArtefactParams
 ) -> dict[str, Any]:
     """The qc.json record: area fractions of tissue per class, stain statistics, verdict."""
-    tissue = classes > 0
-    n_tissue = int(tissue.sum())
-    counts = np.bincount(classes.ravel(), minlength=max(ARTEFACT_CLASSES.values()) + 1)
-    fractions = {
-        name: float(counts[d.code]) / n_tissue if n_tissue else 0.0 for name, d in DETECTORS.items()
-    }
+    # Counts class by class: np.bincount would first copy the mask to 8-byte integers.
+    n_tissue = int(np.count_nonzero(classes))
+    counts = {name: int(np.count_nonzero(classes == d.code)) for name, d in DETECTORS.items()}
+    fractions = {name: float(counts[name]) / n_tissue if n_tissue else 0.0 for name in DETECTORS}
     tissue_mm2 = n_tissue * mpp * mpp / 1e6
     clean = classes == ARTEFACT_CLASSES["tissue"]
     stain_type = estimate_stain_type(rgb, clean, params=params.stain)  # ink would read as DAB

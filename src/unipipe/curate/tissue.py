@@ -127,18 +127,24 @@ def segment_tissue(rgb: np.ndarray, *, mpp: float, params: TissueParams) -> Tiss
     evidence of tissue (textured, saturated, not ink) dropped; small pieces removed,
     small holes filled, outlines traced.
     """
-    views = ImageViews(rgb)
-    saturation = np.ascontiguousarray(views.hsv[..., 1])
+    # Full-size working arrays are dropped as soon as they are used: the stage's memory is
+    # a few bytes per thumbnail pixel, so that it stays within the rule's mem_mb.
+    # HSV is needed for its saturation only (ink is found on a smaller copy): not cached.
+    saturation = np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1])
     saturation = cv2.medianBlur(saturation, odd_kernel_px(params.median_um, mpp, minimum=3))
     threshold = _threshold(saturation, params)
     saturated = cv2.threshold(saturation, threshold, 255, cv2.THRESH_BINARY)[1]
+    del saturation
     tissue = cv2.morphologyEx(saturated, cv2.MORPH_CLOSE, square(params.closing_um, mpp)) > 0
 
     # Evidence of tissue: saturated and textured (and, below, not ink).
-    textured = texture(views.grey) >= params.min_texture
-    evidence = (saturated > 0) & textured
+    views = ImageViews(rgb)
+    evidence = texture(views.grey) >= params.min_texture
+    evidence &= saturated > 0
+    del saturated
     if params.exclude_pen:
         evidence &= ~detect_pen(views, mpp=mpp, params=PenParams())
+    del views
     tissue, pieces = filter_components(
         tissue,
         min_area_px=um2_to_px(params.min_tissue_area_um2, mpp),
@@ -147,7 +153,7 @@ def segment_tissue(rgb: np.ndarray, *, mpp: float, params: TissueParams) -> Tiss
         min_evidence_fraction=params.min_evidence_fraction,
     )
 
-    mask = tissue.astype(np.uint8) * 255
+    mask = np.multiply(tissue, np.uint8(255))  # 0/255 uint8 without an int copy
     polygons = pieces_to_polygons(pieces, simplify_px=params.simplify_um / mpp)
     return TissueResult(mask=mask, polygons=polygons, threshold=threshold)
 

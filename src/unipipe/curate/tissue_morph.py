@@ -63,13 +63,13 @@ def filter_components(
         The filtered bool mask and, per kept piece, its contours [outer, kept holes...]
         as OpenCV int32 (n, 1, 2) arrays in pixel (x, y).
     """
-    mask_u8 = mask.astype(np.uint8)
+    mask_u8 = _as_u8(mask)
     contours, hierarchy = cv2.findContours(mask_u8, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return np.zeros(mask.shape, bool), []
     links = hierarchy[0]  # rows: next, previous, first child, parent
     check = evidence is not None and min_evidence_fraction > 0
-    evidence_u8 = evidence.astype(np.uint8) if check else None
+    evidence_u8 = _as_u8(evidence) if check else None
     pieces = []
     for i in np.flatnonzero(links[:, 3] == -1):
         holes = []
@@ -85,6 +85,13 @@ def filter_components(
         kept_holes = [h for h, a in zip(holes, hole_areas, strict=True) if a >= min_hole_px]
         pieces.append([contours[i], *kept_holes])
     return _draw_pieces(mask.shape, pieces), pieces
+
+
+def _as_u8(mask: np.ndarray) -> np.ndarray:
+    """A contiguous bool mask seen as uint8 0/1 without a copy (other masks are converted)."""
+    if mask.dtype == bool and mask.flags.c_contiguous:
+        return mask.view(np.uint8)
+    return mask.astype(np.uint8)
 
 
 def _has_evidence(
@@ -121,7 +128,7 @@ def _draw_pieces(shape: tuple[int, ...], pieces: list[list[np.ndarray]]) -> np.n
     cv2.drawContours(
         out, flat, -1, 1, cv2.FILLED, hierarchy=np.array([links], np.int32), maxLevel=1
     )
-    return out.astype(bool)
+    return out.view(bool)  # drawn as 0/1, so the bytes already are a bool mask
 
 
 def remove_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
