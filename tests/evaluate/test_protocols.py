@@ -130,7 +130,7 @@ def test_neighbours_equal_whole_product_reference(demo_h5: Path, source: str) ->
         tr, te, _ = _real_frame(demo_h5)
     else:
         rng = np.random.default_rng(7)
-        tr, te = center_normalize(rng.normal(size=(20000, 48)), rng.normal(size=(90, 48)))
+        tr, te = center_normalize(rng.normal(size=(40000, 48)), rng.normal(size=(90, 48)))
     idx, sim = protocols._neighbours(tr, te, 20, chunk_rows=4096)
     ref_idx, ref_sim = _stable_neighbours(tr, te, 20)
     np.testing.assert_array_equal(idx, ref_idx)

@@ -86,7 +86,8 @@ def fewshot_protocol(
     ``pred``/``probs`` are the first episode at the largest K run (for predictions.parquet).
     In metrics.json the ``fewshot.metrics`` are the episode means at the largest K with
     2.5-97.5% episode quantiles as the interval; other task metrics are that first
-    episode's, with bootstrap intervals.
+    episode's, with bootstrap intervals. With the SimpleShot learner the other episodes
+    run batched (``_BatchedSimpleShot``): seconds rather than minutes on 100k train rows.
     """
     rng = np.random.default_rng(seed)
     smallest = int(min(np.sum(train_y == c) for c in range(n_classes)))

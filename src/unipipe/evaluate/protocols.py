@@ -81,7 +81,8 @@ class KnnParams:
     Attributes:
         k: neighbours for the reported prediction (UNI: 20).
         extra_k: further k whose balanced accuracy is also reported (UNI also shows 1-NN).
-        chunk_rows: test rows per distance block (bounds memory to chunk_rows x N_train).
+        chunk_rows: test rows per distance block at most (a block also holds at most 2^25
+            products, 128 MB, so memory stays bounded whatever N_train is).
     """
 
     k: int = 20
@@ -225,11 +226,11 @@ def linear_protocol(
     return ProtocolOutput(pred=pred, probs=probs, extra={"C": c, "backend": params.backend})
 
 
-# Similarity blocks hold at most this many float32 values (64 MB), whatever chunk_rows is.
-_BLOCK_VALUES = 1 << 24
-# Train rows per similarity block; 1,024 x 16,384 blocks measured within 1.1x of the bare
-# GEMM on 100k x 1024 train features (benchmarks/README.md), longer or shorter ones no better.
-_BLOCK_COLS = 1 << 14
+# Similarity blocks hold at most this many float32 values (128 MB), whatever chunk_rows is.
+_BLOCK_VALUES = 1 << 25
+# Train rows per similarity block. On 100k x 1024 train features, 1,024 x 32,768 blocks ran
+# within about 1.1x of the bare GEMM (benchmarks/README.md); 16k and 100k columns no better.
+_BLOCK_COLS = 1 << 15
 
 
 def _neighbours(
@@ -240,10 +241,10 @@ def _neighbours(
     Rows are unit vectors so ||a - b||^2 = 2 - 2 a.b, and the k nearest are the k largest
     products. Order is (-similarity, train index): equal distances keep the lower train
     index first, also at the k-th place. Products are one float32 GEMM per block of at
-    most ``chunk_rows`` test rows x 16,384 train rows (fewer rows if that would pass
-    ``_BLOCK_VALUES``), written into one reused buffer; each block hands its k + 1 best on
-    and one selection per test chunk picks the k. Memory beyond the inputs is that buffer
-    (at most 64 MB) and the candidates, (chunk rows) x (k + 1) per block.
+    most ``chunk_rows`` test rows x 32,768 train rows (fewer rows if that would pass
+    ``_BLOCK_VALUES``), written into one reused buffer; each block hands k + 1 candidates
+    on and one sort per test chunk picks the k. Memory beyond the inputs is that buffer
+    (at most 128 MB) and the candidates, (chunk rows) x (k + 1) per block.
 
     Returns:
         (indices, similarities), both (N_test, k); similarities are float32 dot products.
@@ -264,49 +265,37 @@ def _neighbours(
             block = train_t[c0 : c0 + cols]  # (C, D)
             sim = buf[: len(queries) * len(block)].view(len(queries), len(block))
             torch.mm(queries, block.T, out=sim)  # (B, C)
-            top_sim, top_idx = _top_k(sim, None, k)
+            top_sim, top_idx = _block_candidates(sim, k)
             cand_sim.append(top_sim)
             cand_idx.append(top_idx + c0)
-        if len(cand_sim) > 1:
-            top_sim, top_idx = _top_k(torch.cat(cand_sim, 1), torch.cat(cand_idx, 1), k)
-        idx_out[r0 : r0 + len(queries)] = top_idx.numpy()
-        sim_out[r0 : r0 + len(queries)] = top_sim.numpy()
+        # numpy on one thread: small torch ops each pay a parallel region's wake-up, which
+        # on a loaded machine costs more than the work.
+        cand_sim, cand_idx = np.concatenate(cand_sim, 1), np.concatenate(cand_idx, 1)
+        order = np.lexsort((cand_idx, -cand_sim), axis=1)[:, :k]
+        idx_out[r0 : r0 + len(queries)] = np.take_along_axis(cand_idx, order, axis=1)
+        sim_out[r0 : r0 + len(queries)] = np.take_along_axis(cand_sim, order, axis=1)
     return idx_out, sim_out
 
 
-def _top_k(
-    values: torch.Tensor, index: torch.Tensor | None, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of values (B, M), the k largest ordered by (-value, index), and their index.
+def _block_candidates(sim: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of sim (B, C): values and columns that include its k best by (-value, column).
 
-    ``index`` (B, M) is each value's train index (None: its column). topk's choice among
-    equal values is unspecified, so it takes k + 1: where the k-th and (k + 1)-th values
-    differ the k are settled and only their order needs the index rule; rows tied across
-    the k-th place (duplicate train rows, for example) are redone exactly.
+    topk's choice among equal values is unspecified, so it takes k + 1: where the k-th and
+    (k + 1)-th values differ the k best are among them whatever it chose. Rows tied across
+    the k-th place (duplicate train rows, for example) are redone exactly: the k lowest
+    columns among the tied values.
     """
-    n_cols = values.shape[1]
+    n_cols = sim.shape[1]
     if k >= n_cols:
-        pos = torch.arange(n_cols).expand(values.shape[0], n_cols)
-        return _order_by_value_then_index(values, pos if index is None else index)
-    top_val, pos = torch.topk(values, k + 1, dim=1, largest=True, sorted=True)
-    top_val, top_idx = _order_by_value_then_index(
-        top_val, pos if index is None else index.gather(1, pos)
-    )
-    for r in torch.nonzero(top_val[:, k - 1] == top_val[:, k]).flatten().tolist():
-        tied = torch.nonzero(values[r] >= top_val[r, k - 1]).flatten()
-        row_idx = tied if index is None else index[r, tied]
-        v, i = _order_by_value_then_index(values[r, tied][None], row_idx[None])
-        top_val[r, :k], top_idx[r, :k] = v[0, :k], i[0, :k]
-    return top_val[:, :k].contiguous(), top_idx[:, :k].contiguous()
-
-
-def _order_by_value_then_index(
-    values: torch.Tensor, index: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort each row by value, largest first, equal values by ascending index."""
-    index, by_index = torch.sort(index, dim=1)
-    values, by_value = torch.sort(values.gather(1, by_index), dim=1, descending=True, stable=True)
-    return values, index.gather(1, by_value)
+        return sim.numpy().copy(), np.broadcast_to(np.arange(n_cols), sim.shape).copy()
+    top_sim, top_idx = torch.topk(sim, k + 1, dim=1, largest=True, sorted=True)
+    top_sim, top_idx = top_sim.numpy(), top_idx.numpy()
+    for r in np.flatnonzero(top_sim[:, k - 1] == top_sim[:, k]):
+        row = sim[r].numpy()
+        cols = np.flatnonzero(row >= top_sim[r, k - 1])  # ascending
+        keep = cols[np.lexsort((cols, -row[cols]))[: k + 1]]
+        top_sim[r], top_idx[r] = row[keep], keep
+    return top_sim, top_idx
 
 
 def _vote(neigh_labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
