@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from unipipe.errors import ConfigError
-from unipipe.evaluate.segmentation import dice, read_seg_pairs, run_segmentation_probe
+from unipipe.evaluate.segmentation import dice, iou, read_seg_pairs, run_segmentation_probe
 
 ZIP = Path(__file__).resolve().parents[2] / "resources" / "tiles" / "tcga_luadlusc.zip"
 SPEC = {"kind": "random", "arch": "vit_small_patch16_224", "seed": 0,
@@ -50,6 +50,16 @@ def test_dice_known_values() -> None:
     assert dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
 
 
+def test_iou_known_values() -> None:
+    """IoU of masks sharing 1 of 3 covered rows is 1/3, and relates to Dice as D / (2 - D)."""
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    a[:2], b[1:3] = True, True
+    assert iou(a, b) == pytest.approx(1 / 3)
+    assert iou(a, b) == pytest.approx(dice(a, b) / (2 - dice(a, b)))
+    assert iou(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+
+
 def test_segmentation_probe_beats_empty_prediction(tmp_path: Path) -> None:
     """On dark-pixel masks of real tiles the probe beats predicting everything foreground."""
     root = _seg_folder(tmp_path / "seg")
@@ -62,6 +72,9 @@ def test_segmentation_probe_beats_empty_prediction(tmp_path: Path) -> None:
                   for _, mask in read_seg_pairs(root, "test")]  # fmt: skip
     all_foreground = dice(np.ones((10, 224, 224), bool), np.stack(test_masks))
     assert m["dice"] > all_foreground + 0.05
+    assert m["iou"] == pytest.approx(m["dice"] / (2 - m["dice"]))
+    assert m["per_class"]["foreground"]["dice"] == pytest.approx(m["dice"])
+    assert 0 <= m["per_class"]["background"]["iou"] <= 1
 
 
 def test_read_seg_pairs_missing_folder_names_layout(tmp_path: Path) -> None:

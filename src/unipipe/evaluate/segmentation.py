@@ -1,4 +1,4 @@
-"""Segmentation probe: a linear classifier on frozen ViT patch tokens, scored by Dice.
+"""Segmentation probe: a linear classifier on frozen ViT patch tokens, scored by Dice and IoU.
 
 UNI's SegPath figures come from fine-tuning the encoder inside ViT-Adapter + Mask2Former;
 this probe keeps the encoder frozen and fits one logistic regression per token, so its
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SegProbeParams",
     "dice",
+    "iou",
     "patch_tokens",
     "read_seg_pairs",
     "run_segmentation_probe",
@@ -96,6 +97,18 @@ def dice(pred: np.ndarray, target: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2.0 * np.logical_and(pred, target).sum() / total)
 
 
+def iou(pred: np.ndarray, target: np.ndarray) -> float:
+    """Global IoU (Jaccard) |P & T| / |P | T| over all pixels; 1.0 when both are empty."""
+    union = np.logical_or(pred, target).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, target).sum() / union)
+
+
+def _per_class(pred: np.ndarray, target: np.ndarray) -> dict[str, dict[str, float]]:
+    """Dice and IoU of each class of the binary task (SegPath: background vs the cell type)."""
+    return {name: {"dice": dice(pred == fg, target == fg), "iou": iou(pred == fg, target == fg)}
+            for name, fg in (("background", False), ("foreground", True))}  # fmt: skip
+
+
 def _embed(model: nn.Module, images: torch.Tensor, meta: Any, batch: int) -> np.ndarray:
     out = []
     with torch.inference_mode():
@@ -131,7 +144,9 @@ def run_segmentation_probe(
         encoder_spec: its ``encoders:`` entry.
         params: the ``evaluate`` section (``segmentation_probe`` sub-section).
         seed: recorded; the probe is deterministic.
-        metrics_json: ``dice`` plus task, protocol, encoder, n_train, n_test.
+        metrics_json: ``dice`` and ``iou`` of the foreground class pooled over every test
+            pixel, ``per_class`` Dice and IoU (background, foreground), the mean per-image
+            Dice, plus task, protocol, encoder, n_train, n_test.
         sidecar: provenance JSON.
     """
     from sklearn.linear_model import LogisticRegression
@@ -163,7 +178,8 @@ def run_segmentation_probe(
                                        align_corners=False)[:, 0].numpy() > 0.5  # fmt: skip
     record = {"task": task.get("id"), "protocol": "segmentation_probe", "encoder": encoder_name,
               "n_train": len(train), "n_test": len(test), "seed": seed, "img_size": p.img_size,
-              "dice": dice(pixels, test_masks),
+              "dice": dice(pixels, test_masks), "iou": iou(pixels, test_masks),
+              "per_class": _per_class(pixels, test_masks),
               "dice_per_image_mean": float(np.mean([dice(a, b) for a, b in
                                                     zip(pixels, test_masks, strict=True)]))}  # fmt: skip
     write_json(metrics_json, record)

@@ -16,10 +16,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["KEY_COLUMNS", "SUMMARY_METRICS", "summary_table", "uni_figure"]
 
 # Metric columns of summary.csv, in order; each also has _ci_low, _ci_high and uni_ columns.
-# ``dice`` is the segmentation probe's (no interval: it is pooled over every test pixel).
+# ``dice``/``iou`` are the segmentation probe's (no interval: pooled over every test pixel).
 SUMMARY_METRICS = (
     "balanced_accuracy", "weighted_f1", "auroc", "qwk", "top1", "top3", "top5",
-    "acc_at_1", "acc_at_3", "acc_at_5", "mvacc_at_5", "dice",
+    "acc_at_1", "acc_at_3", "acc_at_5", "mvacc_at_5", "dice", "iou",
 )  # fmt: skip
 # Identifying columns of summary.csv; ``cohort`` is empty on the row of the whole test set.
 KEY_COLUMNS = ("encoder", "task", "protocol", "img_size", "cohort", "n_train", "n_test")
