@@ -1,5 +1,28 @@
 """Curation, one job chain per slide: tissue, artefacts, tiles, clustered selection, shards."""
 
+# Memory of the curation jobs, measured per rule (peak RSS, benchmarks/curate/
+# bench_end_to_end.py, "End to end" in benchmarks/README.md): a fixed part (Python and
+# libraries, bounded read caches) plus a part per megapixel of the thumbnail the masks are
+# drawn on (curate.tissue.thumb_mpp); nothing grows with the slide's own pixels. The
+# thumbnail is bounded by CURATE_MAX_SCAN_MM2, the scanned area of the largest slide the
+# requests cover: 625 mm² (25 x 25 mm, e.g. 100,000 x 100,000 px at 0.25 µm/px), 39 MPix
+# at 4 µm/px. mem_mb = 1.25 * (fixed + per_mpix * 625 / thumb_mpp²), rounded up to 100 MB.
+# Larger scans: raise CURATE_MAX_SCAN_MM2 or a profile's set-resources. tile_slide and
+# write_shards' fixed parts include the batched reads' 256 MB tile budget
+# (unipipe.slide.READ_CACHE_BYTES), which a 100,000 px wide slide can fill.
+CURATE_MAX_SCAN_MM2 = 625.0
+_CURATE_THUMB_MPIX = CURATE_MAX_SCAN_MM2 / config["curate"]["tissue"]["thumb_mpp"] ** 2
+CURATE_MEM_MB = {
+    name: int(-(-1.25 * (fixed_mb + per_mpix_mb * _CURATE_THUMB_MPIX) // 100) * 100)
+    for name, (fixed_mb, per_mpix_mb) in {
+        "segment_tissue": (290, 14),
+        "detect_artefacts": (290, 14),
+        "tile_slide": (560, 6),
+        "select_patches": (330, 2),
+        "write_shards": (670, 0),
+    }.items()
+}
+
 
 rule segment_tissue:
     input:
@@ -19,7 +42,7 @@ rule segment_tissue:
         f"{ENVS}/curate.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=CURATE_MEM_MB["segment_tissue"],
         runtime=20,
     params:
         slide_path=lambda w: slide_row(w)["path"],
@@ -48,7 +71,7 @@ rule detect_artefacts:
         f"{ENVS}/curate.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=CURATE_MEM_MB["detect_artefacts"],
         runtime=20,
     params:
         slide_path=lambda w: slide_row(w)["path"],
@@ -76,7 +99,7 @@ rule tile_slide:
         f"{ENVS}/curate.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=CURATE_MEM_MB["tile_slide"],
         runtime=60,
     params:
         slide_path=lambda w: slide_row(w)["path"],
@@ -106,7 +129,7 @@ rule select_patches:
         f"{ENVS}/curate.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=CURATE_MEM_MB["select_patches"],
         runtime=30,
     params:
         slide_path=lambda w: slide_row(w)["path"],
@@ -139,7 +162,7 @@ rule write_shards:
         f"{ENVS}/curate.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=CURATE_MEM_MB["write_shards"],
         runtime=60,
     params:
         slide_path=lambda w: slide_row(w)["path"],
