@@ -9,9 +9,18 @@
 # at 4 µm/px. mem_mb = 1.25 * (fixed + per_mpix * 625 / thumb_mpp²), rounded up to 100 MB.
 # Larger scans: raise CURATE_MAX_SCAN_MM2 or a profile's set-resources. tile_slide and
 # write_shards' fixed parts include the batched reads' 256 MB tile budget
-# (unipipe.slide.READ_CACHE_BYTES), which a 100,000 px wide slide can fill.
+# (unipipe.slide.READ_CACHE_BYTES), which a 100,000 px wide slide can fill; write_shards'
+# also grows with curate.shards.patches_per_shard.
 CURATE_MAX_SCAN_MM2 = 625.0
 _CURATE_THUMB_MPIX = CURATE_MAX_SCAN_MM2 / config["curate"]["tissue"]["thumb_mpp"] ** 2
+# write_shards holds one shard of the largest spec's patches, raw and encoded.
+_CURATE_SHARD_MB = (
+    2
+    * config["curate"]["shards"]["patches_per_shard"]
+    * max(spec["size_px"] for spec in config["curate"]["tiling"]["specs"]) ** 2
+    * 3
+    / 2**20
+)
 CURATE_MEM_MB = {
     name: int(-(-1.25 * (fixed_mb + per_mpix_mb * _CURATE_THUMB_MPIX) // 100) * 100)
     for name, (fixed_mb, per_mpix_mb) in {
@@ -19,7 +28,7 @@ CURATE_MEM_MB = {
         "detect_artefacts": (290, 14),
         "tile_slide": (560, 6),
         "select_patches": (330, 2),
-        "write_shards": (670, 0),
+        "write_shards": (570 + _CURATE_SHARD_MB, 0),
     }.items()
 }
 
