@@ -4,24 +4,29 @@ Run: .venv/bin/python benchmarks/curate/bench_end_to_end.py [--sizes 20480 40960
 
 Each slide runs the five library stages the curation rules call (``run_segment_tissue``,
 ``run_detect_artefacts``, ``run_tile_slide``, ``run_select_patches``, ``run_write_shards``),
-file to file, with the default ``config/config.yaml`` parameters, in a fresh subprocess on
-one thread. Columns:
+file to file, with the default ``config/config.yaml`` parameters, each stage in a fresh
+subprocess on one thread, as each rule is its own job. Columns:
   patches    patches written to the shard store (all tile specs).
-  cpu s      CPU seconds of the chain (user + system, time.process_time; opening the
-             interpreter and importing libraries not counted).
+  cpu s      CPU seconds of the five stages (user + system, time.process_time; starting
+             the interpreter and importing libraries not counted).
   patches/core-s  patches / cpu s.
   floor      patches / (CPU seconds to decode every JPEG tile of level 0 once, bytes read
              beforehand, with bench_read.floor_decoder on batches of 512 tiles in its own
-             fresh subprocess); "-"
-             where that floor has no direct tile path (DICOM, OpenSlide-only formats).
+             fresh subprocess); "-" where that floor has no direct tile path (DICOM,
+             OpenSlide-only formats).
   of floor   patches/core-s over floor.
-  peak RSS   ru_maxrss of the chain's process (MiB), imports included.
+  peak RSS   largest ru_maxrss of the five stage processes (MiB), imports included.
   thumb MPix pixels of the 4 µm/px thumbnail the masks are drawn on.
+A second table gives each stage's CPU seconds and peak RSS, and the RSS above what its
+process held after importing unipipe's curation modules: the measurements behind the
+rules' ``mem_mb`` in workflow/rules/curate.smk.
 
-``--sizes`` adds large slides built here, in a temporary folder: pyramidal tiled-JPEG TIFFs
+``--sizes`` adds large slides built here, in a temporary folder (or ``--built-dir``, kept
+and reused, so that older code can be run on the same files): pyramidal tiled-JPEG TIFFs
 (256 px YCbCr tiles, q90, levels at 1, 4, 16, 64x) whose pixels repeat a 2048 x 2048 crop of
 CMU-1-Small-Region.svs, written tile by tile (never the whole image in memory). They show
-whether peak memory grows with slide size beyond the thumbnail.
+whether peak memory grows with slide size beyond the thumbnail. Older unipipe (before
+tile_slide stored the selection features) runs too, with PYTHONPATH at its src/.
 """
 
 from __future__ import annotations
@@ -233,6 +238,14 @@ def write_large_slide(path: Path, side_px: int) -> float:
     return mpp
 
 
+def _built_mpp() -> float:
+    """µm/px of the built slides: that of the SVS whose crop they repeat."""
+    from unipipe.slide import open_slide
+
+    with open_slide(CASES["CMU-1-Small-Region.svs"]) as svs:
+        return svs.mpp
+
+
 def _in_fresh_process(
     kind: str, slide_path: Path, mpp: float | None, *, stage: str = "", out: Path | None = None
 ) -> dict:
@@ -281,6 +294,8 @@ def main() -> None:
     parser.add_argument("--slides", nargs="*", default=list(CASES), help="names in resources")
     parser.add_argument("--sizes", nargs="*", type=int, default=[20480, 40960],
                         help="sides (px) of the large built slides; none to skip")  # fmt: skip
+    parser.add_argument("--built-dir", type=Path, default=None,
+                        help="keep the built slides here and reuse them on the next run")  # fmt: skip
     parser.add_argument("--child-stage", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -307,14 +322,19 @@ def main() -> None:
             size = "x".join(map(str, slide.dimensions))
         _slide_rows(name, size, path, None, stage_rows)
     with tempfile.TemporaryDirectory() as tmp:
+        folder = args.built_dir or Path(tmp)
         for side in args.sizes:
-            path = Path(tmp) / f"repeat-{side}.tif"
-            start = time.perf_counter()
-            mpp = write_large_slide(path, side)
-            print(f"(built {path.name}: {path.stat().st_size / 2**20:.0f} MiB in "
-                  f"{time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+            path = folder / f"repeat-{side}.tif"
+            if path.exists():  # --built-dir: built by an earlier run (e.g. of older code)
+                mpp = _built_mpp()
+            else:
+                start = time.perf_counter()
+                mpp = write_large_slide(path, side)
+                print(f"(built {path.name}: {path.stat().st_size / 2**20:.0f} MiB in "
+                      f"{time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
             _slide_rows("CMU-1 crop repeated", f"{side}x{side}", path, mpp, stage_rows)
-            path.unlink()
+            if not args.built_dir:
+                path.unlink()
     print("\nPer stage: CPU s / peak RSS MiB (+ above the imports)")
     print("| slide | size px | thumb MPix | " + " | ".join(STAGES) + " |")
     print("|---|---|---|" + "---|" * len(STAGES))
