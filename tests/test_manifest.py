@@ -75,3 +75,49 @@ def test_read_manifest_handles_crlf_and_bom(tmp_path):
     assert list(table.index) == ["a"]
     assert table.loc["a", "path"] == str(SVS)
     assert table.loc["a", "mpp"] == 0.5
+
+
+def test_read_manifest_hash_inside_a_value_is_data(tmp_path):
+    """Only a line starting with # is a comment; a # inside a path is kept whole."""
+    path = _write(
+        tmp_path,
+        f"# slides of run 1\nslide_id\tpath\tmpp\n#a\tskipped.svs\t\nb\tres#1.svs\t0.5\nc\t{SVS}\t\n",
+    )
+    table = read_manifest(path)
+    assert list(table.index) == ["b", "c"]
+    assert table.loc["b", "path"] == "res#1.svs"
+    assert table.loc["b", "mpp"] == 0.5
+
+
+def test_read_manifest_short_rows_leave_trailing_columns_empty(tmp_path):
+    """A row without its trailing empty cells (or with extra empty ones) reads as blanks."""
+    path = _write(tmp_path, f"slide_id\tpath\tmpp\tcase_id\na\t{SVS}\nb\t{OME}\t0.25\t\t\t\n")
+    table = read_manifest(path)
+    assert table.loc["a", "case_id"] == ""
+    assert math.isnan(table.loc["a", "mpp"])
+    assert table.loc["b", "mpp"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "is empty; its first line must be the tab-separated header"),
+        ("# only a comment\n\n", "is empty"),
+        ("slide_id\tpath\tmpp\na\t{svs}\t\t\textra\n", "line 2: 5 tab-separated fields"),
+        ("slide_id\tpath\n# note\n\na\t{svs}\nb\t{ome}\t0.5\n", "line 5: 3 tab-separated fields"),
+        ("slide_id\tpath\tmpp\tmpp\na\t{svs}\t0.5\t0.5\n", "column(s) ['mpp'] twice"),
+    ],
+)
+def test_read_manifest_bad_layout_names_file_and_line(tmp_path, text, expected):
+    """An empty file, a row with more cells than the header or a repeated column is refused."""
+    path = _write(tmp_path, text.format(svs=SVS, ome=OME))
+    with pytest.raises(ConfigError) as info:
+        read_manifest(path)
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_read_manifest_folder_is_refused(tmp_path):
+    """A folder given as the manifest is named as a folder, with the config key to fix."""
+    with pytest.raises(ConfigError, match="is a folder, not a file; set `slides:`"):
+        read_manifest(tmp_path)

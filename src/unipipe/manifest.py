@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 import os
@@ -40,10 +42,9 @@ def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"slide manifest {path} does not exist; set `slides:` in the config")
-    # Everything as text: case ids such as 001 keep their zeros, NA stays the string "NA".
-    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
-    table.columns = [str(c).lstrip("\ufeff") for c in table.columns]
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"slide manifest {path} {what}; set `slides:` in the config")
+    table = _read_table(path)
     _check_columns(path, table)
     table = table[(table != "").any(axis=1)].copy()
     if table.empty:
@@ -60,6 +61,44 @@ def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
             raise ConfigError(f"{path}: slide {sid!r} has an empty path column")
     _check_unique(path, table)
     return table.set_index("slide_id", drop=False)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """The manifest's cells as text, one row per non-blank, non-comment line.
+
+    Only a line whose first character is ``#`` is a comment: a ``#`` inside a path or an
+    id is data. Every value stays text, so case ids such as 001 keep their zeros and NA
+    stays the string "NA". A row may leave out trailing empty cells but not add cells.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"slide manifest {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+            "save it as UTF-8 tab-separated text"
+        ) from None
+    # Comment lines become blank lines, so the reader's line numbers stay the file's.
+    lines = ["" if line.startswith("#") else line for line in text.splitlines()]
+    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter="\t")
+    rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    if not rows:
+        raise ConfigError(
+            f"slide manifest {path} is empty; its first line must be the tab-separated "
+            f"header (at least {', '.join(REQUIRED_COLUMNS)}), then one row per slide"
+        )
+
+    header = rows[0][1]
+    width = len(header)
+    body = []
+    for line, row in rows[1:]:
+        if len(row) > width and any(cell.strip() for cell in row[width:]):
+            raise ConfigError(
+                f"{path}, line {line}: {len(row)} tab-separated fields, but the header has "
+                f"{width} ({', '.join(header)}); remove the extra fields or name their "
+                "column in the header"
+            )
+        body.append((row + [""] * width)[:width])
+    return pd.DataFrame(body, columns=header, dtype=str)
 
 
 def _column(table: pd.DataFrame, name: str) -> list[tuple[str, str]]:
@@ -81,6 +120,9 @@ def _check_columns(path: Path, table: pd.DataFrame) -> None:
                 f"{path}: column {column!r} looks like {near[0]!r}; rename it exactly "
                 f"(known columns: {', '.join(KNOWN_COLUMNS)})"
             )
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"{path}: the header names column(s) {repeated} twice; keep one of each")
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise ConfigError(
