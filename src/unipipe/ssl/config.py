@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
-from unipipe.config import build_params
+from unipipe.config import build_params, check_field_type
 from unipipe.errors import ConfigError
 
 __all__ = [
@@ -309,6 +309,7 @@ class PretrainConfig:
             overrides: dotted keys (``{"schedule.total_steps": 4}``) or nested mappings
                 (``{"schedule": {"total_steps": 4}}``); they win over the file.
         """
+        _check_override_types(overrides)
         with open(path) as fh:
             raw = yaml.safe_load(fh) or {}
         return cls.from_dict(merge_overrides(raw, overrides))
@@ -316,6 +317,24 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (the resolved config written into sidecars)."""
         return dataclasses.asdict(self)
+
+
+def _check_override_types(overrides: Mapping[str, Any] | None) -> None:
+    """Refuse an override of the wrong scalar type, naming it as written under overrides.
+
+    Unknown groups and fields are left to `PretrainConfig.from_dict`, which lists the
+    allowed ones.
+    """
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping) and "." not in key:
+            items = [(key, sub, sub_value, f"{key}.{sub}") for sub, sub_value in value.items()]
+        else:
+            items = [(*key.partition(".")[::2], value, key)]
+        for group, field, field_value, written in items:
+            if group in _GROUPS:
+                check_field_type(
+                    _GROUPS[group], field, field_value, f"pretrain.overrides.{written}"
+                )
 
 
 def merge_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
