@@ -19,6 +19,7 @@ from unipipe.curate.artefacts import (
     classify,
     run_detect_artefacts,
 )
+from unipipe.curate.tiling import TilingParams
 from unipipe.curate.tissue import TissueParams, run_segment_tissue
 from unipipe.errors import ConfigError, SlideError
 from unipipe.slide import open_slide
@@ -217,3 +218,25 @@ def test_judge_non_he_stain_switch(switch, verdict):
     assert judge({"pen": 0.0}, 1.0, VerdictParams(non_he_stain="fail"))[0] == "pass"
     with pytest.raises(ConfigError, match="non_he_stain"):
         VerdictParams(non_he_stain="exclude")
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"verdict": {"class_warn_fraction": {"fodl": 0.1}}}, "verdict.class_warn_fraction"),
+        ({"verdict": {"class_fail_fraction": {"glass": 0.6, "pne": 0.2}}}, "class_fail_fraction"),
+    ],
+)
+def test_artefact_params_unknown_class_in_verdict_limits(section, key):
+    """A misspelt class in a per-class verdict limit is refused, listing the classes."""
+    with pytest.raises(ConfigError, match=key) as info:
+        build_params(ArtefactParams, section, "curate.artefacts")
+    assert "unknown artefact class" in str(info.value)
+    assert all(name in str(info.value) for name in DETECTORS)
+
+
+def test_tiling_params_unknown_class_in_max_class_fraction():
+    """curate.tiling.max_class_fraction keyed by a misspelt class is refused at build time."""
+    with pytest.raises(ConfigError, match=r"max_class_fraction names unknown .*\['pne'\]"):
+        build_params(TilingParams, {"max_class_fraction": {"pne": 0.0}}, "curate.tiling")
+    assert build_params(TilingParams, {"max_class_fraction": {"pen": 0.0}}, "curate.tiling")

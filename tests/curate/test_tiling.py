@@ -291,9 +291,13 @@ def test_run_tile_slide_rerun_byte_identical(svs_path: Path, tmp_path: Path, mas
 
 def test_run_tile_slide_rejects_unknown_class_limit(svs_path: Path, tmp_path: Path, masks) -> None:
     """A per-class limit for a class the registry does not have raises ConfigError."""
-    params = TilingParams(max_class_fraction={"coffee_stain": 0.1})
     with pytest.raises(ConfigError, match="coffee_stain"):
-        _run(svs_path, tmp_path, params, masks(svs_path))
+        _run(
+            svs_path,
+            tmp_path,
+            TilingParams(max_class_fraction={"coffee_stain": 0.1}),
+            masks(svs_path),
+        )
 
 
 def test_run_tile_slide_leaves_nothing_on_failure(svs_path: Path, tmp_path: Path, masks) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "ArtefactParams",
     "Detector",
     "blur_score",
+    "check_class_names",
     "classify",
     "is_blurred",
     "overlay",
@@ -142,6 +143,25 @@ class ArtefactParams:
                 object.__setattr__(self, name, _build_group(cls, value, f"curate.artefacts.{name}"))
             elif not isinstance(value, cls):
                 raise ConfigError(f"curate.artefacts.{name} must be a mapping, got {value!r}")
+        for name in ("class_warn_fraction", "class_fail_fraction"):
+            check_class_names(getattr(self.verdict, name), f"curate.artefacts.verdict.{name}")
+
+
+def check_class_names(limits: Mapping[str, Any], key: str) -> None:
+    """Refuse per-class limits keyed by a name that is no registered artefact class.
+
+    A misspelt class (``fodl``) would otherwise be ignored and its limit never applied.
+
+    Args:
+        limits: class name -> limit, as read from the config.
+        key: the config key holding them, named in the error.
+    """
+    unknown = sorted(set(limits) - set(DETECTORS))
+    if unknown:
+        raise ConfigError(
+            f"{key} names unknown artefact class(es) {unknown}; the classes are the "
+            f"registered detectors {list(DETECTORS)}"
+        )
 
 
 def _build_group(cls: type, section: Mapping[str, Any], key: str) -> Any:

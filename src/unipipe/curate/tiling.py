@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from unipipe.curate.artefacts import ARTEFACT_CLASSES, blur_score
+from unipipe.curate.artefacts import ARTEFACT_CLASSES, blur_score, check_class_names
 from unipipe.curate.features import FEATURE_NAMES, patch_features
 from unipipe.errors import ConfigError, SlideError
 from unipipe.provenance import write_parquet, write_sidecar
@@ -129,6 +129,7 @@ class TilingParams:
             "min_candidate_tissue_fraction",
         ):
             _check_fraction(key, getattr(self, key))
+        check_class_names(self.max_class_fraction, "curate.tiling.max_class_fraction")
         for name, value in self.max_class_fraction.items():
             _check_fraction(f"max_class_fraction.{name}", value)
         if not 0.0 <= self.overlap_fraction < 1.0:
