@@ -1,6 +1,7 @@
 """Snakemake script for rule embed_slide."""
 
 from unipipe.embed.slides import run_embed_wsi
+from unipipe.evaluate.slide_manifest import task_manifest_path
 from unipipe.logs import stage_logging
 from unipipe.runtime import limit_threads
 
@@ -12,6 +13,12 @@ with stage_logging(sm.log[0]):
         sm.input.slide,
         sm.input.tiles,
         slide_id=sm.wildcards.wsi,
+        # Errors name the task's slides.csv, where this WSI's row is.
+        manifest_csv=task_manifest_path(
+            sm.config["tasks"],
+            sm.wildcards.task,
+            data_root=sm.config["evaluate"].get("data_root", "."),
+        ),
         mpp=sm.params.mpp,
         encoder_name=sm.wildcards.encoder,
         encoder_spec=sm.params.encoder_spec,

@@ -7,6 +7,7 @@ from unipipe.curate.artefacts import ArtefactParams
 from unipipe.curate.tiling import TilingParams
 from unipipe.curate.tissue import TissueParams
 from unipipe.embed.tiles import run_tile_wsi
+from unipipe.evaluate.slide_manifest import task_manifest_path
 from unipipe.logs import stage_logging
 from unipipe.runtime import limit_threads
 
@@ -17,6 +18,12 @@ with stage_logging(sm.log[0]):
     run_tile_wsi(
         sm.input.slide,
         slide_id=sm.wildcards.wsi,
+        # Errors name the task's slides.csv, where this WSI's row is.
+        manifest_csv=task_manifest_path(
+            sm.config["tasks"],
+            sm.wildcards.task,
+            data_root=sm.config["evaluate"].get("data_root", "."),
+        ),
         mpp=sm.params.mpp,
         tissue=build_params(TissueParams, sm.params.tissue, "curate.tissue"),
         artefacts=build_params(ArtefactParams, sm.params.artefacts, "curate.artefacts"),

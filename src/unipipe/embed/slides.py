@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader
 from unipipe.embed.datasets import resize_patch
 from unipipe.embed.encoders import resolve_encoder
 from unipipe.embed.rois import embed_batches
-from unipipe.errors import ConfigError
+from unipipe.errors import ConfigError, SlideError
 from unipipe.provenance import atomic_path, write_sidecar
 from unipipe.slide import open_slide
+from unipipe.slide.messages import in_slide_task
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def run_embed_wsi(
     batch_size: int = 64,
     img_size: int | None = 224,
     device: str = "cpu",
+    manifest_csv: str | os.PathLike[str] | None = None,
 ) -> None:
     """Embed every kept tile of a WSI's tiles.parquet into the bag h5 slide tasks read.
 
@@ -169,18 +171,26 @@ def run_embed_wsi(
         batch_size: patches per forward pass (and per read batch).
         img_size: side in px patches are resized to (None: the encoder's own).
         device: torch device of the forward pass.
+        manifest_csv: the task's slides.csv, named in the fix of a slide error.
+
+    Raises:
+        SlideError: the WSI cannot be opened or read; the message names the task's
+            slides.csv (not config/slides.tsv) as where to fix or remove its row.
     """
     model, meta = resolve_encoder(encoder_name, encoder_spec)
     size = int(img_size or meta.img_size)
     if size % meta.patch_size:
         raise ConfigError(f"embed.img_size {size} is not a multiple of patch {meta.patch_size}")
     tiles = _kept_tiles(tiles_parquet)
-    with open_slide(slide_path, slide_id=slide_id, mpp=mpp) as slide:
-        slide_mpp = slide.mpp
-        logger.info("embed wsi %s: %s kept tiles with %s at %s px", slide_id, len(tiles),
-                    encoder_name, size)  # fmt: skip
-        batches = _wsi_batches(slide, tiles, img_size=size, batch_size=batch_size)
-        features = embed_batches(model, batches, mean=meta.mean, std=meta.std, device=device)
+    try:
+        with open_slide(slide_path, slide_id=slide_id, mpp=mpp) as slide:
+            slide_mpp = slide.mpp
+            logger.info("embed wsi %s: %s kept tiles with %s at %s px", slide_id, len(tiles),
+                        encoder_name, size)  # fmt: skip
+            batches = _wsi_batches(slide, tiles, img_size=size, batch_size=batch_size)
+            features = embed_batches(model, batches, mean=meta.mean, std=meta.std, device=device)
+    except SlideError as err:
+        raise in_slide_task(err, manifest_csv) from err
     if not len(tiles):
         logger.warning("embed wsi %s: no kept tile; the bag is empty", slide_id)
         features = np.zeros((0, meta.embed_dim), dtype=np.float32)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
-from unipipe.errors import MissingMppError, SlideNotFoundError, UnsupportedSlideError
+from unipipe.errors import MissingMppError, SlideError, SlideNotFoundError, UnsupportedSlideError
 
 __all__ = [
     "MANIFEST",
@@ -14,6 +15,7 @@ __all__ = [
     "missing_mpp",
     "not_found",
     "plausible_mpp",
+    "in_slide_task",
     "resolve_mpp",
     "unsupported",
 ]
@@ -25,6 +27,35 @@ MANIFEST = "the slide manifest (config/slides.tsv unless the config key `slides`
 
 # Metadata mpp outside this range is a placeholder (e.g. a 96-dpi TIFF default), not a scan.
 _PLAUSIBLE_MPP = (0.05, 100.0)
+
+
+# How a slide task's manifest differs from the slide manifest, as the messages word it.
+_SLIDE_TASK_WORDING = (
+    ("the `path` column of", "the `slide_path` column of"),
+    ("(relative paths are taken from the working directory)",
+     "(relative paths are taken from the CSV's folder)"),
+)  # fmt: skip
+
+
+def in_slide_task(err: SlideError, manifest_csv: str | os.PathLike[str] | None) -> SlideError:
+    """The same error, pointing at a slide task's slides.csv instead of the slide manifest.
+
+    The readers word their fixes for config/slides.tsv; a WSI of a slide task is listed in
+    that task's slides.csv, which is where its row has to be fixed or removed.
+
+    Args:
+        err: an error raised while opening or reading a slide-task WSI.
+        manifest_csv: the task's slides.csv (None: named as "the slide task's slides.csv").
+
+    Returns:
+        An error of the same class whose message names ``manifest_csv``.
+    """
+    where = (f"the slide task's manifest {os.fspath(manifest_csv)}" if manifest_csv
+             else "the slide task's slides.csv")  # fmt: skip
+    text = str(err).replace(MANIFEST, where).replace("the slide manifest", where)
+    for old, new in _SLIDE_TASK_WORDING:
+        text = text.replace(old, new)
+    return type(err)(text)
 
 
 class ReaderRefusedError(Exception):
