@@ -59,3 +59,29 @@ def test_read_roi_features_roundtrip(demo_h5: Path) -> None:
     assert len(feats.subset("train")) == 130
     assert len(feats.subset(["test"])) == 60
     assert feats.encoder == "random_tiny"
+
+
+def _copy_bag(tmp_path: Path, features: np.ndarray) -> Path:
+    with h5py.File(tmp_path / "b.h5", "w") as h5:
+        h5["features"] = features
+    return tmp_path / "b.h5"
+
+
+def test_read_bag_refuses_non_finite_features(tmp_path: Path) -> None:
+    """NaN or inf in any patch of a real bag is refused, naming the file and the first patch."""
+    feats = read_bag(FEATURES / "TCGA-AD-6964-01Z-00-DX1.h5").features.copy()
+    feats[10, 0] = np.nan
+    feats[20, 5] = -np.inf
+    path = _copy_bag(tmp_path, feats)
+    with pytest.raises(ConfigError, match=r"2 of 777 patches have NaN or infinite features "
+                       r"\(first: patch 10\)") as err:  # fmt: skip
+        read_bag(path)
+    assert str(path) in str(err.value)
+
+
+def test_read_bag_refuses_a_slide_embedding(tmp_path: Path) -> None:
+    """A 1-D vector (one embedding per slide) is no bag: refused with its shape."""
+    feats = read_bag(FEATURES / "TCGA-3X-AAVA-01Z-00-DX1.h5").features
+    path = _copy_bag(tmp_path, feats.mean(axis=0))
+    with pytest.raises(ConfigError, match=r"b.h5: `features` has shape \(512,\)"):
+        read_bag(path)

@@ -154,8 +154,10 @@ def test_read_slide_manifest_resolves_sources(tmp_path: Path) -> None:
 
 def test_run_evaluate_slides_needs_bags_of_wsi_rows(demo_h5: Path, tmp_path: Path) -> None:
     """A slide_path row without an embedded bag is refused, naming the slide."""
-    rows = ["slide_id,label,split,slide_path", f"w1,LUAD,train,{SVS}"]
-    (tmp_path / "slides.csv").write_text("\n".join(rows) + "\n")
+    manifest = _bag_task(tmp_path, GOOD_ROWS)
+    rows = manifest.read_text().splitlines()
+    rows = [rows[0] + ",slide_path"] + [r + "," for r in rows[1:]] + [f"w1,LUAD,train,,{SVS}"]
+    manifest.write_text("\n".join(rows) + "\n")
     with pytest.raises(ConfigError, match=r"\['w1'\] have a slide_path but no bag"):
         run_evaluate_slides(tmp_path / "slides.csv", task=TASK, params=PARAMS, seed=0,
                             metrics_json=tmp_path / "m.json", predictions_parquet=tmp_path / "p",
@@ -174,3 +176,139 @@ def test_run_evaluate_slides_heatmaps_carry_size_l0(demo_h5: Path, tmp_path: Pat
                         heatmaps_parquet=tmp_path / "h.pq")  # fmt: skip
     heat = pq.read_table(tmp_path / "h.pq").to_pandas()
     assert set(heat["size_l0"]) == {512, -1}
+
+
+def _bag_task(tmp_path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """slides.csv of (slide_id, label, split) rows, each with a 40-patch bag cut from a real one.
+
+    Consecutive patches of the real TCGA-AD-6964 bag, 40 per slide, so every bag is real data.
+    """
+    with h5py.File(BAG) as src:
+        feats = src["feats"][:]
+    lines = ["slide_id,label,split,features_h5"]
+    for i, (slide_id, label, split) in enumerate(rows):
+        with h5py.File(tmp_path / f"{slide_id}.h5", "w") as f:
+            f["features"] = feats[40 * i : 40 * (i + 1)]
+        lines.append(f"{slide_id},{label},{split},{slide_id}.h5")
+    (tmp_path / "slides.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "slides.csv"
+
+
+GOOD_ROWS = [("a0", "LUAD", "train"), ("a1", "LUAD", "train"), ("a2", "LUAD", "val"),
+             ("a3", "LUAD", "test"), ("b0", "LUSC", "train"), ("b1", "LUSC", "train"),
+             ("b2", "LUSC", "val"), ("b3", "LUSC", "test")]  # fmt: skip
+
+
+def _evaluate(manifest: Path, tmp_path: Path, protocol: str = "mi_simpleshot") -> dict:
+    run_evaluate_slides(manifest, task=TASK, params={"bootstrap": {"n_resamples": 0}}, seed=0,
+                        metrics_json=tmp_path / "m.json", predictions_parquet=tmp_path / "p.pq",
+                        sidecar=tmp_path / "s.json", protocol=protocol)  # fmt: skip
+    return json.loads((tmp_path / "m.json").read_text())
+
+
+def test_bag_task_control_runs(tmp_path: Path) -> None:
+    """The unaltered 8-slide task of the cases below evaluates (so each refusal is the change)."""
+    m = _evaluate(_bag_task(tmp_path, GOOD_ROWS), tmp_path)
+    assert (m["n_train"], m["n_val"], m["n_test"]) == (4, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # A label typo used to drop its rows silently (2 of 8 slides gone, metrics still written).
+        ({"a0": ("LUAd", "train"), "a3": ("LUAd", "test")},
+         r"label\(s\) not among the task's classes \['LUAD', 'LUSC'\]: 'LUAd' \(2 slides: "
+         r"line\(s\) 2, 5\)"),
+        # A split typo used to drop the row silently (the test set lost its LUSC slide).
+        ({"b3": ("LUSC", "Test")},
+         r"split value\(s\) the task does not use: 'Test' \(1 slide: line\(s\) 9\); accepted "
+         r"\(case-sensitive\): \['train', 'test', 'val'\]"),
+        # A class only in val and test: ABMIL never sees it, MI-SimpleShot had no prototype.
+        ({"b0": ("LUSC", "val"), "b1": ("LUSC", "val")},
+         r"class 'LUSC' has no slide in the 'train' split \(only in \['test', 'val'\]\)"),
+        # One test class: balanced accuracy came out as the recall of that class.
+        ({"b3": ("LUSC", "train")}, r"the 'test' split holds only class 'LUAD'"),
+    ],
+)  # fmt: skip
+def test_run_evaluate_slides_refuses_labels_and_splits(
+    edit: dict[str, tuple[str, str]], message: str, tmp_path: Path
+) -> None:
+    """Labels, splits and class coverage the task cannot score are refused, naming the CSV."""
+    rows = [(s, *edit.get(s, (label, split))) for s, label, split in GOOD_ROWS]
+    manifest = _bag_task(tmp_path, rows)
+    with pytest.raises(ConfigError, match=message) as err:
+        _evaluate(manifest, tmp_path)
+    assert str(manifest) in str(err.value)
+    # The workflow runs the same checks at start-up, given the task's classes and split.
+    with pytest.raises(ConfigError, match=message):
+        read_slide_manifest(manifest, classes=TASK["classes"], split=TASK["split"])
+
+
+def test_read_slide_manifest_uses_the_task_split_names(tmp_path: Path) -> None:
+    """A task whose split names are not train/test accepts them (and val), and no others."""
+    rows = [(s, label, {"train": "dev", "test": "holdout"}.get(split, split))
+            for s, label, split in GOOD_ROWS]  # fmt: skip
+    manifest = _bag_task(tmp_path, rows)
+    split = {"source": "official", "train": "dev", "test": "holdout"}
+    assert len(read_slide_manifest(manifest, classes=["LUAD", "LUSC"], split=split)) == 8
+    with pytest.raises(ConfigError, match=r"'dev' \(4 slides"):
+        read_slide_manifest(manifest, split={})
+
+
+def _rewrite_bag(path: Path, features: np.ndarray) -> None:
+    with h5py.File(path, "w") as f:
+        f["features"] = features
+
+
+@pytest.mark.parametrize("protocol", ["abmil", "mi_simpleshot"])
+def test_run_evaluate_slides_refuses_empty_bag(protocol: str, tmp_path: Path) -> None:
+    """A bag with 0 patches (ABMIL predicted ~0.5 for it, MI-SimpleShot NaN) is refused."""
+    manifest = _bag_task(tmp_path, GOOD_ROWS)
+    _rewrite_bag(tmp_path / "a3.h5", np.zeros((0, 512), np.float32))
+    with pytest.raises(ConfigError, match=r"a3.h5 \(slide 'a3' of .*slides.csv\) has 0 "
+                       r"patches: re-embed the slide .* or drop the row"):  # fmt: skip
+        _evaluate(manifest, tmp_path, protocol)
+
+
+def test_run_evaluate_slides_refuses_mixed_feature_widths(tmp_path: Path) -> None:
+    """A bag of another width (another encoder's) is named with its shape and the expected one."""
+    manifest = _bag_task(tmp_path, GOOD_ROWS)
+    with h5py.File(tmp_path / "b1.h5") as f:
+        narrow = f["features"][:, :384]
+    _rewrite_bag(tmp_path / "b1.h5", narrow)
+    with pytest.raises(ConfigError, match=r"b1.h5 \(slide 'b1' of .*\) has features of shape "
+                       r"\(40, 384\); expected \(N, 512\) like .*a0.h5"):  # fmt: skip
+        _evaluate(manifest, tmp_path, "abmil")
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        (np.float32("nan"), r"1 of 40 patches have NaN or infinite features \(first: patch 3\)"),
+        (np.float32("inf"), r"1 of 40 patches have NaN or infinite features \(first: patch 3\)"),
+        (None, r"has shape \(512,\); a bag holds \(N, D\) patch features"),
+    ],
+)
+def test_run_evaluate_slides_refuses_bad_values(features, message: str, tmp_path: Path) -> None:
+    """NaN / inf patches and a 1-D slide embedding are refused naming the bag file."""
+    manifest = _bag_task(tmp_path, GOOD_ROWS)
+    with h5py.File(tmp_path / "b3.h5") as f:
+        real = f["features"][:]
+    if features is None:
+        real = real[0]
+    else:
+        real[3, 7] = features
+    _rewrite_bag(tmp_path / "b3.h5", real)
+    with pytest.raises(ConfigError, match=message) as err:
+        _evaluate(manifest, tmp_path)
+    assert str(tmp_path / "b3.h5") in str(err.value)
+
+
+def test_fit_prototypes_names_the_missing_class() -> None:
+    """MI-SimpleShot's error for a class without training slides gives the class's name."""
+    from unipipe.evaluate.prototypes import fit_prototypes
+
+    with h5py.File(BAG) as src:
+        bags = [src["feats"][:40], src["feats"][40:80]]
+    with pytest.raises(ConfigError, match="no training slide of class 'LUSC'"):
+        fit_prototypes(bags, np.array([0, 0]), n_classes=2, class_names=["LUAD", "LUSC"])

@@ -95,6 +95,11 @@ def read_bag(path: str | os.PathLike[str]) -> FeatureBag:
     ``feats``+``coords``, or mopadi's ``features``+``metadata`` file names).
 
     A leading batch axis of size 1 ((1, N, D) as TRIDENT writes) is dropped.
+
+    Raises:
+        ConfigError: naming the file when it has no features dataset, when the features are
+            not (N, D) (a 1-D slide embedding is no bag), or when any of them is NaN or
+            infinite.
     """
     with h5py.File(path, "r") as h5:
         layouts = [(f, o) for f, o in _BAG_SCHEMAS if f in h5 and o in h5]
@@ -109,6 +114,18 @@ def read_bag(path: str | os.PathLike[str]) -> FeatureBag:
         extra = np.asarray(h5[other][:]) if other else None
     if feats.ndim == 3 and feats.shape[0] == 1:
         feats = feats[0]
+    if feats.ndim != 2:
+        raise ConfigError(
+            f"{os.fspath(path)}: `{feat_key}` has shape {feats.shape}; a bag holds (N, D) patch "
+            "features (a 1-D array is a slide embedding, not a bag): re-extract the bag"
+        )
+    finite = np.isfinite(feats).all(axis=1)
+    if not finite.all():
+        raise ConfigError(
+            f"{os.fspath(path)}: {int((~finite).sum())} of {len(feats)} patches have NaN or "
+            f"infinite features (first: patch {int(np.argmin(finite))}); re-embed the slide or "
+            "drop its row"
+        )
     if extra is not None and extra.ndim == 3 and extra.shape[0] == 1:
         extra = extra[0]
     coords = extra.astype(np.int64) if other == "coords" and extra is not None else None

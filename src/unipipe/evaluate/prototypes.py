@@ -44,19 +44,36 @@ def _normalise(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 
 def fit_prototypes(
-    bags: Sequence[np.ndarray], labels: np.ndarray, *, n_classes: int
+    bags: Sequence[np.ndarray],
+    labels: np.ndarray,
+    *,
+    n_classes: int,
+    class_names: Sequence[str] | None = None,
 ) -> PrototypeModel:
     """Class prototypes: the mean of every (centred, normalised) patch of that class's slides.
 
     Patches inherit their slide's label (UNI uses annotated training ROIs where available;
     with slide labels only, this is the weakly supervised variant).
+
+    Args:
+        bags: (N_i, D) patch features of each training slide.
+        labels: class index of each slide.
+        n_classes: number of classes (one prototype each).
+        class_names: names of the classes by index, used in error messages.
+
+    Raises:
+        ConfigError: a class has no training slide (named by ``class_names`` when given).
     """
     mean = np.concatenate(bags).mean(axis=0).astype(np.float32)
     protos = []
     for c in range(n_classes):
         members = [_normalise(b, mean) for b, y in zip(bags, labels, strict=True) if y == c]
         if not members:
-            raise ConfigError(f"MI-SimpleShot: no training slide of class {c}")
+            name = repr(class_names[c]) if class_names is not None else str(c)
+            raise ConfigError(
+                f"MI-SimpleShot: no training slide of class {name}; give that class train "
+                "slides in the task's slides.csv or drop it from the task's `classes`"
+            )
         protos.append(np.concatenate(members).mean(axis=0))
     return PrototypeModel(mean=mean, prototypes=np.stack(protos))
 

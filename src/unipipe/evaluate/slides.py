@@ -20,7 +20,7 @@ from unipipe.evaluate.metrics import compute_metrics
 from unipipe.evaluate.prototypes import MiSimpleShotParams, fit_prototypes, predict_prototypes
 from unipipe.evaluate.run import DEFAULT_METRICS, BootstrapParams, _finite_or_none
 from unipipe.evaluate.slide_fewshot import SlideFewShotParams, slide_fewshot_protocol
-from unipipe.evaluate.slide_manifest import MANIFEST_NAME, read_slide_manifest
+from unipipe.evaluate.slide_manifest import MANIFEST_NAME, read_slide_manifest, split_names
 from unipipe.provenance import write_json, write_parquet, write_sidecar
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ class _SlideData:
     # Test labels, read only by protocols that score inside (few-shot curves); the fitted
     # models never see them.
     y_test: np.ndarray | None = None
+    # Class names by index, for error messages.
+    class_names: tuple[str, ...] | None = None
 
 
 def _abmil(data: _SlideData, params: Mapping[str, Any], seed: int) -> tuple[np.ndarray, dict]:
@@ -121,7 +123,7 @@ def _mi_simpleshot(
     del seed
     p = build_params(MiSimpleShotParams, params.get("mi_simpleshot"), "evaluate.mi_simpleshot")
     model = fit_prototypes([*data.train, *data.val], np.concatenate([data.y_train, data.y_val]),
-                           n_classes=data.n_classes)  # fmt: skip
+                           n_classes=data.n_classes, class_names=data.class_names)  # fmt: skip
     probs, similarity = predict_prototypes(model, data.test, p)
     return probs, {"params": p, "extra": {"top_k": p.top_k}, "heatmaps": similarity}
 
@@ -217,6 +219,27 @@ def _resolve_bags(table: Any, bags: Mapping[str, Any], manifest_csv: Any) -> lis
                                                        strict=True)]  # fmt: skip
 
 
+def _check_bags(table: Any, loaded: list[Any], manifest_csv: Any) -> None:
+    """Every bag has patches, and all share one feature width (one encoder's output)."""
+    csv = os.fspath(manifest_csv)
+    first = None
+    for slide_id, path, bag in zip(table["slide_id"], table["features_h5"], loaded, strict=True):
+        n, dim = bag.features.shape
+        if n == 0:
+            raise ConfigError(
+                f"{path} (slide {slide_id!r} of {csv}) has 0 patches: re-embed the slide (its "
+                "tissue may all have been filtered out) or drop the row"
+            )
+        if first is None:
+            first = (slide_id, path, dim)
+        elif dim != first[2]:
+            raise ConfigError(
+                f"{path} (slide {slide_id!r} of {csv}) has features of shape {bag.features.shape}"
+                f"; expected (N, {first[2]}) like {first[1]} (slide {first[0]!r}): every bag "
+                "of a task must come from the same encoder, so re-extract the odd one"
+            )
+
+
 def run_evaluate_slides(
     manifest_csv: str | os.PathLike[str],
     *,
@@ -252,23 +275,30 @@ def run_evaluate_slides(
             use it, with ``{encoder}`` replaced by ``encoder_name``.
 
     Raises:
-        ConfigError: a slide_path row has no entry in ``bags``.
+        ConfigError: a slide_path row has no entry in ``bags``; the manifest fails a check of
+            ``read_slide_manifest`` against the task's classes and split (a label or split
+            value the task does not use, a class without training slides, fewer than two
+            test classes); or a bag is unusable (no patches, NaN or infinite features, not
+            (N, D), or a feature width unlike the other bags').
     """
     params = dict(params or {})
     if protocol not in SLIDE_PROTOCOLS:
         raise ConfigError(f"slide protocol {protocol!r}; known: {sorted(SLIDE_PROTOCOLS)}")
     split_params = build_params(SlideSplitParams, params.get("slides"), "evaluate.slides")
     boot = build_params(BootstrapParams, params.get("bootstrap"), "evaluate.bootstrap")
-    table = read_slide_manifest(manifest_csv, encoder=encoder_name or None)
+    split = dict(task.get("split") or {})
+    # Labels and split values the task does not use are refused here (they used to be
+    # dropped silently), as the workflow already does at start-up.
+    table = read_slide_manifest(manifest_csv, encoder=encoder_name or None,
+                                classes=task.get("classes") or None, split=split)  # fmt: skip
     table["features_h5"] = _resolve_bags(table, bags or {}, manifest_csv)
     classes = list(task.get("classes") or sorted(table["label"].unique()))
     lookup = {c: i for i, c in enumerate(classes)}
-    table = table[table["label"].isin(lookup)].reset_index(drop=True)
     labels = table["label"].map(lookup).to_numpy()
 
-    split = dict(task.get("split") or {})
-    is_train = table["split"].eq(split.get("train", "train")).to_numpy()
-    is_test = table["split"].eq(split.get("test", "test")).to_numpy()
+    train_name, test_name = split_names(split)
+    is_train = table["split"].eq(train_name).to_numpy()
+    is_test = table["split"].eq(test_name).to_numpy()
     is_val = table["split"].eq("val").to_numpy()
     if not is_val.any():
         moved = np.zeros(len(table), dtype=bool)
@@ -276,6 +306,7 @@ def run_evaluate_slides(
                                     table["case_id"].to_numpy(object)[is_train])  # fmt: skip
         is_val, is_train = moved, is_train & ~moved
     loaded = [read_bag(p) for p in table["features_h5"]]
+    _check_bags(table, loaded, manifest_csv)
     bags = [bag.features for bag in loaded]
     pick = lambda mask: [bags[i] for i in np.flatnonzero(mask)]  # noqa: E731
     logger.info("%s %s: %s train, %s val, %s test slides", protocol, task.get("id"), is_train.sum(),
@@ -283,7 +314,7 @@ def run_evaluate_slides(
 
     data = _SlideData(train=pick(is_train), y_train=labels[is_train], val=pick(is_val),
                       y_val=labels[is_val], test=pick(is_test), n_classes=len(classes),
-                      y_test=labels[is_test])  # fmt: skip
+                      y_test=labels[is_test], class_names=tuple(classes))  # fmt: skip
     probs, fitted = SLIDE_PROTOCOLS[protocol](data, params, seed)
     pred = probs.argmax(axis=1)
     y_test = labels[is_test]
