@@ -124,8 +124,9 @@ for _name in config["evaluate"]["encoders"]:
 def _read_slide_tables():
     """Each ready slide task's slides.csv, checked for every evaluated encoder's bags.
 
-    A bad manifest (missing column or file, a case in two splits) stops the run here,
-    naming the CSV and the line, before any slide is embedded.
+    A bad manifest (missing column or file, a case in two splits, a label or split value
+    the task does not use, a class without training slides, one test class) stops the run
+    here, naming the CSV and the line, before any slide is embedded.
     """
     tables = {}
     for task_id in READY_TASKS:
@@ -134,11 +135,25 @@ def _read_slide_tables():
         csv = Path(TASKS[task_id].path) / MANIFEST_NAME
         for encoder in config["evaluate"]["encoders"]:
             read_slide_manifest(csv, encoder=encoder)
-        tables[task_id] = read_slide_manifest(csv).set_index("slide_id", drop=False)
+        task = TASKS[task_id]
+        table = read_slide_manifest(csv, classes=task.classes, split=task.split)
+        tables[task_id] = table.set_index("slide_id", drop=False)
     return tables
 
 
 SLIDE_TABLES = _read_slide_tables()
+
+
+def slide_table(task_id):
+    """The checked slides.csv of a ready slide task; a target of a skipped one says why."""
+    if task_id not in SLIDE_TABLES:
+        status, reason = task_status(TASKS[task_id])
+        if task_id not in config["evaluate"]["tasks"]:
+            reason = "it is not in config evaluate.tasks; add it there to evaluate it"
+        elif status == "ready":
+            reason = f"none of evaluate.protocols applies to {TASKS[task_id].level}-level tasks"
+        raise ValueError(f"task {task_id!r} is skipped, so it has no outputs: {reason}")
+    return SLIDE_TABLES[task_id]
 
 
 def _check_evaluate_params():
@@ -252,7 +267,7 @@ def slide_protocol_params(protocol):
 
 def slide_task_wsis(task_id):
     """Slide ids of a slide task's rows that name a WSI (embedded by this workflow)."""
-    table = SLIDE_TABLES[task_id]
+    table = slide_table(task_id)
     return sorted(table.index[table["slide_path"] != ""])
 
 
@@ -263,7 +278,7 @@ def wsi_row(wildcards):
             f"{wildcards.wsi!r} is no slide_path row of task {wildcards.task!r} "
             f"({Path(TASKS[wildcards.task].path) / MANIFEST_NAME})"
         )
-    return SLIDE_TABLES[wildcards.task].loc[wildcards.wsi]
+    return slide_table(wildcards.task).loc[wildcards.wsi]
 
 
 def wsi_mpp(wildcards):
@@ -274,7 +289,7 @@ def wsi_mpp(wildcards):
 
 def slide_bags(encoder, task_id):
     """slide_id -> this encoder's bag: embedded by embed_slide or prebuilt (features_h5)."""
-    table = SLIDE_TABLES[task_id]
+    table = slide_table(task_id)
     bags = {}
     for slide_id, row in table.iterrows():
         if row["slide_path"]:
@@ -290,7 +305,7 @@ def get_slide_bags(wildcards):
 
 def heatmap_slides(task_id):
     """slide_id -> (WSI path or None, mpp or None): the thumbnails heatmaps are drawn on."""
-    table = SLIDE_TABLES[task_id]
+    table = slide_table(task_id)
     return {
         slide_id: (row["slide_path"] or None, None if pd.isna(row["mpp"]) else float(row["mpp"]))
         for slide_id, row in table.iterrows()
