@@ -8,7 +8,13 @@ import pytest
 import timm
 import torch
 
-from unipipe.embed.encoders import ENCODER_KINDS, UNI_ARCH, UNI_KWARGS, resolve_encoder
+from unipipe.embed.encoders import (
+    ENCODER_KINDS,
+    UNI_ARCH,
+    UNI_KWARGS,
+    check_checkpoint_path,
+    resolve_encoder,
+)
 from unipipe.errors import ConfigError
 from unipipe.models import build_vit, save_encoder
 
@@ -104,3 +110,66 @@ def test_resolve_encoder_unknown_kind_lists_kinds() -> None:
     """An unknown kind raises ConfigError listing the registered kinds."""
     with pytest.raises(ConfigError, match="checkpoint"):
         resolve_encoder("x", {"kind": "hub"})
+
+
+def _bad_checkpoint(kind: str, tmp_path: Path) -> Path:
+    """A checkpoint file that is wrong in one way, built from the tiny UNI-layout ViT."""
+    model = build_vit(UNI_ARCH, **TINY_KWARGS)
+    path = tmp_path / ("bad.safetensors" if kind == "bad_safetensors" else "bad.bin")
+    if kind == "whole_model":
+        torch.save(model, path)
+    elif kind == "garbage":
+        path.write_bytes(bytes(range(256)) * 4)
+    elif kind == "bad_safetensors":
+        path.write_bytes(b"not a safetensors header")
+    elif kind == "tensor":
+        torch.save(torch.zeros(3, 4), path)
+    elif kind == "not_tensors":
+        torch.save({"epoch": 3, "lr": 0.1}, path)
+    elif kind == "prefixed":
+        torch.save({f"model.{k}": v for k, v in model.state_dict().items()}, path)
+    elif kind == "wider":
+        torch.save(build_vit(UNI_ARCH, **{**TINY_KWARGS, "embed_dim": 64}).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("whole_model", r"pickled Python objects \(timm\..*VisionTransformer; .*state_dict"),
+        ("garbage", r"is no torch checkpoint .* save model\.state_dict\(\)"),
+        ("bad_safetensors", r"is no readable safetensors file"),
+        ("tensor", r"holds a Tensor, not a state dict"),
+        ("not_tensors", r"2 entries are no tensors \(e\.g\. \['epoch', 'lr'\]\)"),
+        ("prefixed", r"missing \d+, unexpected \d+, .* keys start with 'model\.'"),
+        ("wider", r"tensors of .* have other shapes .* cls_token \(1, 1, 64\) in the file"),
+    ],
+)
+def test_checkpoint_bad_file_names_encoder_file_and_fix(kind: str, expected: str, tmp_path: Path):
+    """Each way a checkpoint can be wrong is a ConfigError naming the encoder and the file."""
+    path = _bad_checkpoint(kind, tmp_path)
+    spec = {"kind": "checkpoint", "path": str(path), "arch": UNI_ARCH, "kwargs": TINY_KWARGS}
+    with pytest.raises(ConfigError, match=expected) as info:
+        resolve_encoder("uni", spec)
+    assert "encoders.uni" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "random"])
+def test_non_vit_arch_is_a_config_error(kind: str, tmp_path: Path):
+    """`arch: resnet50` names the key and says arch must be a timm ViT."""
+    spec = {**_spec(kind, tmp_path), "arch": "resnet50", "kwargs": {}}
+    with pytest.raises(ConfigError, match=r"encoders\.uni\.arch 'resnet50' .* must be a timm ViT"):
+        resolve_encoder("uni", spec)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("none.bin", "does not exist"), ("folder", "is a folder"), ("enc.json", "kind: pretrained")],
+)
+def test_check_checkpoint_path_cheap_checks(name: str, expected: str, tmp_path: Path):
+    """A missing file, a folder or an encoder.json given as checkpoint path is refused."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "enc.json").write_text("{}")
+    with pytest.raises(ConfigError, match=expected):
+        check_checkpoint_path("uni", tmp_path / name)
