@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+import yaml
 from PIL import Image
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 
-from tests.conftest import RESOURCES, SLIDES
+from tests.conftest import REPO, RESOURCES, SLIDES
 from tests.workflow.dag import make_workdir, snakemake
 
 
@@ -69,6 +72,14 @@ def test_bad_input_manifest_mpp_override_rescues_slide(tmp_path):
         ("encoders:\n  random_init:\n    sede: 3\n", "sede"),
         ("encoders:\n  x:\n    kind: pretrained\n", "encoders"),
         ("curate:\n  tiling:\n    specs: [{size_px: 256, mpp: 0}]\n", "mpp"),
+        # Checks common.smk makes beyond the schema (one dry run each, ~25 s under load).
+        ('results_dir: "/."\n', "results_dir is '/.', the filesystem root"),
+        ("tasks: nope.yaml\n", "config tasks: nope.yaml does not exist"),
+        ("curate:\n  tiling:\n    overlap_fraction: 1.0\n", "curate.tiling.overlap_fraction"),
+        (
+            "encoders:\n  dino_demo: {kind: pretrained, run: other}\n",
+            "encoders.dino_demo.run is 'other', but this workflow trains pretrain.run",
+        ),
     ],
 )
 def test_bad_input_invalid_config_fails_at_start(tmp_path, config_text, expected):
@@ -95,3 +106,12 @@ def test_bad_input_invalid_manifest_fails_at_start(tmp_path):
     proc = snakemake(workdir, "-n", check=False)
     assert proc.returncode != 0
     assert "mpp" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("results_dir", ["", "/", "//"])
+def test_bad_input_results_dir_root_refused_by_schema(results_dir):
+    """An empty results_dir or the filesystem root fails schema validation, naming the key."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["results_dir"] = results_dir
+    with pytest.raises(WorkflowError, match="results_dir"):
+        validate(config, schema=str(REPO / "workflow" / "schemas" / "config.schema.yaml"))

@@ -10,6 +10,12 @@ import yaml
 from snakemake.utils import validate
 
 from unipipe.config import build_params
+from unipipe.curate.artefacts import ArtefactParams
+from unipipe.curate.selection import SelectionParams
+from unipipe.curate.shards import ShardParams
+from unipipe.curate.tiling import TilingParams
+from unipipe.curate.tissue import TissueParams
+from unipipe.embed.encoders import check_checkpoint_path
 from unipipe.embed.tiles import WSI_TILE_FILES
 from unipipe.evaluate.protocols import PROTOCOLS
 from unipipe.evaluate.run import BootstrapParams
@@ -25,6 +31,21 @@ _log = logging.getLogger("unipipe.workflow")
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"].rstrip("/")
+if not RESULTS or Path(RESULTS).resolve() == Path(Path(RESULTS).resolve().anchor):
+    # Every stage writes below it: the root would scatter curate/, train/, ... over it.
+    raise ValueError(
+        f"config results_dir is {config['results_dir']!r}, the filesystem root; "
+        "set it to a folder such as results"
+    )
+
+
+def require_file(key, path):
+    """Stop at start-up when a config key names a file that is not there."""
+    if not Path(path).is_file():
+        what = "is a folder" if Path(path).is_dir() else "does not exist"
+        raise ValueError(f"config {key}: {path} {what}; point the key at an existing file")
+
+
 ENVS = "../../envs"
 
 
@@ -55,6 +76,7 @@ wildcard_constraints:
     wsi="[A-Za-z0-9._-]+",
 
 
+require_file("tasks", config["tasks"])
 TASKS = {
     task.id: task
     for task in load_task_registry(config["tasks"], config["evaluate"].get("data_root", "."))
@@ -183,7 +205,19 @@ PARAM_SECTIONS = {
 }
 _check_evaluate_params()
 # The recipe and its overrides are resolved now, so a typo fails here, not after curation.
+require_file("pretrain.config", config["pretrain"]["config"])
 PretrainConfig.from_yaml(config["pretrain"]["config"], config["pretrain"].get("overrides"))
+# curate.* section -> the dataclass its curation jobs build; built here too, so a bad value
+# stops the run at start-up instead of failing in every slide's job.
+CURATE_PARAM_SECTIONS = {
+    "tissue": TissueParams,
+    "artefacts": ArtefactParams,
+    "tiling": TilingParams,
+    "selection": SelectionParams,
+    "shards": ShardParams,
+}
+for _section, _cls in CURATE_PARAM_SECTIONS.items():
+    build_params(_cls, config["curate"][_section], f"curate.{_section}")
 
 
 def slide_row(wildcards):
@@ -237,12 +271,42 @@ def encoder_spec(name):
     return spec
 
 
+def check_encoder_files(name):
+    """Refuse an encoder whose files are missing and that this workflow does not make.
+
+    Only cheap checks (the file is there); whether a checkpoint loads into its arch is
+    checked by the embedding job, which reads it anyway.
+    """
+    spec = config["encoders"][name]
+    if spec["kind"] == "checkpoint":
+        check_checkpoint_path(name, spec["path"])
+    elif spec["kind"] == "random" and "pretrain_config" in spec:
+        require_file(f"encoders.{name}.pretrain_config", spec["pretrain_config"])
+    elif spec["kind"] == "pretrained" and "encoder_json" in spec:
+        if Path(spec["encoder_json"]) != Path(f"{RESULTS}/train/{PRETRAIN_RUN}/encoder.json"):
+            require_file(f"encoders.{name}.encoder_json", spec["encoder_json"])
+    elif spec["kind"] == "pretrained" and spec["run"] != PRETRAIN_RUN:
+        json_path = f"{RESULTS}/train/{spec['run']}/encoder.json"
+        if not Path(json_path).is_file():
+            raise ValueError(
+                f"config encoders.{name}.run is {spec['run']!r}, but this workflow trains "
+                f"pretrain.run {PRETRAIN_RUN!r} and {json_path} does not exist; set run: "
+                f"{PRETRAIN_RUN}, train that run first (pretrain.run: {spec['run']}), or "
+                "give encoder_json"
+            )
+
+
 def get_encoder_inputs(wildcards):
+    check_encoder_files(wildcards.encoder)
     spec = encoder_spec(wildcards.encoder)
     files = [spec["encoder_json"]] if spec["kind"] == "pretrained" else []
     if spec["kind"] == "checkpoint":
         files.append(spec["path"])
     return files
+
+
+for _name in config["evaluate"]["encoders"]:
+    check_encoder_files(_name)
 
 
 def task_spec(task_id):
