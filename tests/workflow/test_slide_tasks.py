@@ -20,13 +20,16 @@ pytestmark = [pytest.mark.slow]
 
 ENCODERS = ("random_init", "random_b")
 # Labels a/b are arbitrary: a plumbing check that every WSI format reaches a metric, not a
-# claim that the slides differ in any class. CMU-1 and its DICOM copy are one tissue, so
-# one case. small_dicom.dcm has no pixel spacing: 0.25 µm/px is assumed for it.
+# claim that the slides differ in any class. The test split needs both classes (a one-class
+# test set is refused) and ABMIL a validation slide, which four tissues cannot give with
+# CMU-1 and its DICOM copy as one case: the copy is the validation slide under its own case
+# id, a shortcut of this plumbing check only (it touches early stopping, never the test).
+# small_dicom.dcm has no pixel spacing: 0.25 µm/px is assumed for it.
 WSI_ROWS = [
     ("cmu1_svs", "a", "train", "CMU-1", SLIDES / "CMU-1-Small-Region.svs", ""),
-    ("cmu1_dicom", "a", "train", "CMU-1", SLIDES / "CMU-1-Small-Region-dicom", ""),
+    ("cmu1_dicom", "a", "val", "CMU-1-dicom", SLIDES / "CMU-1-Small-Region-dicom", ""),
     ("os1", "b", "train", "OS-1", SLIDES / "OS-1-detail.ome.tif", ""),
-    ("small_dicom", "b", "val", "pathml-small", SLIDES / "small_dicom.dcm", "0.25"),
+    ("small_dicom", "b", "test", "pathml-small", SLIDES / "small_dicom.dcm", "0.25"),
     ("os2", "a", "test", "OS-2", SLIDES / "OS-2-ndpi.ome.tif", ""),
 ]
 MOPADI = {
