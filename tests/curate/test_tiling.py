@@ -204,16 +204,29 @@ def test_run_tile_slide_features_equal_separate_reads(
     tiles = _run(slide_path, tmp_path, params, masks(slide_path), feature_size_px=64)
     assert list(tiles.columns[-len(FEATURE_NAMES) - 1 :]) == [FEATURE_SIZE_COLUMN, *FEATURE_NAMES]
     assert tiles[FEATURE_SIZE_COLUMN].eq(64).all()
-    read = tiles["blur_score"].notna()
-    assert tiles.loc[read, list(FEATURE_NAMES)].notna().all().all()
-    assert tiles.loc[~read, list(FEATURE_NAMES)].isna().all().all()
-    rows = pd.concat([g.head(3) for _, g in tiles[read].groupby("size_px")])
+    kept = tiles["keep"]
+    assert tiles.loc[kept, list(FEATURE_NAMES)].notna().all().all()
+    assert tiles.loc[~kept, list(FEATURE_NAMES)].isna().all().all()
+    rows = pd.concat([g.head(3) for _, g in tiles[kept].groupby("size_px")])
     assert set(rows["size_px"]) == sizes  # OS-1 (250 µm wide) has no 512 px tile
     with open_slide(slide_path) as slide:
         for row in rows.itertuples():
             patch = slide.read_region(row.x, row.y, 64, row.mpp * row.size_px / 64)
             stored = np.array([getattr(row, name) for name in FEATURE_NAMES])
             np.testing.assert_array_equal(stored, patch_features(patch))
+
+
+def test_run_tile_slide_features_only_for_sharp_tiles(
+    svs_path: Path, tmp_path: Path, masks
+) -> None:
+    """Tiles the blur rule drops get no features (they are never clustered)."""
+    params = TilingParams(specs=[TileSpec(256, 0.5)], min_blur_score=1900.0)  # about half
+    tiles = _run(svs_path, tmp_path, params, masks(svs_path), feature_size_px=64)
+    blurred = tiles["blur_score"].notna() & ~tiles["keep"]
+    assert blurred.any()
+    assert tiles["keep"].any()
+    assert tiles.loc[blurred, list(FEATURE_NAMES)].isna().all().all()
+    assert tiles.loc[tiles["keep"], list(FEATURE_NAMES)].notna().all().all()
 
 
 def test_run_tile_slide_without_feature_size_stores_no_features(

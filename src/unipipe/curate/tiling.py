@@ -312,8 +312,12 @@ def _read_scores(
     frames: Sequence[pd.DataFrame],
     specs: Sequence[TileSpec],
     feature_size_px: int | None,
+    min_blur_score: float,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per spec, blur scores (n,) and features (n, f) of the tiles that passed the mask rules.
+
+    Features are computed only where the blur rule (``min_blur_score``) passes too, NaN
+    elsewhere.
 
     One batched read for all specs, in row-major order of the tiles' corners, so a stored
     tile under a 256 px and a 512 px tile is decoded once for both. Features are of the
@@ -345,8 +349,13 @@ def _read_scores(
         k, row = spec_of[i], row_of[i]
         blur, features = out[k]
         blur[row] = blur_score(patches[k * per_spec])
-        if n_features:
+        if not n_features:
+            continue
+        # Only kept tiles are clustered: a blurred one's features would never be used.
+        if blur[row] >= min_blur_score:
             features[row] = patch_features(patches[k * per_spec + 1])
+        else:
+            features[row] = np.nan
     return out
 
 
@@ -373,8 +382,8 @@ def tile_slide(
         classes: (h, w) uint8 artefact class mask on the same grid.
         params: grid and keep rules.
         feature_size_px: if given, the selection features (``FEATURE_NAMES``) of every tile
-            whose pixels are read for blur, from a patch of this side covering the tile,
-            are added as columns, with this side in ``FEATURE_SIZE_COLUMN``; the value of
+            that is kept, from a patch of this side covering the tile (read with the blur
+            patch), are added as columns (NaN for tiles not kept), with this side in ``FEATURE_SIZE_COLUMN``; the value of
             ``curate.selection.feature_size_px``. None: no feature columns.
     """
     _check_feature_size(feature_size_px)
@@ -411,7 +420,7 @@ def tile_slide(
 
     # Blur needs pixels at the target mpp: read only tiles that passed the mask rules, and
     # take the selection features from the same read, so no later stage decodes them again.
-    scores = _read_scores(slide, frames, params.specs, feature_size_px)
+    scores = _read_scores(slide, frames, params.specs, feature_size_px, params.min_blur_score)
     for frame, spec, (blur, features) in zip(frames, params.specs, scores, strict=True):
         _finish_frame(slide, frame, spec, blur, features, params, feature_size_px)
     return pd.concat(frames, ignore_index=True)
@@ -478,7 +487,7 @@ def run_tile_slide(
         tiles_parquet: output table; x, y are level-0 top-left pixels, ``mpp`` the target mpp,
             fractions are of the tile's area, ``blur_score`` is NaN where the tile failed the
             mask rules (its pixels were never read); with ``feature_size_px``, also the
-            selection features (NaN where blur is) and ``FEATURE_SIZE_COLUMN``.
+            selection features (NaN where the tile is not kept) and ``FEATURE_SIZE_COLUMN``.
         sidecar: output JSON with parameters, versions and input checksums.
         feature_size_px: side of the patch the selection features are computed on
             (``curate.selection.feature_size_px``); None leaves the features out.
