@@ -116,6 +116,16 @@ def test_bootstrap_ci_brackets_value_and_is_seeded() -> None:
     assert 0.02 < a[1] - a[0] < 0.3
 
 
+def test_bootstrap_ci_logs_undefined_resamples_out_of_all(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The count of undefined resamples is given out of the resamples, not the test size."""
+    inp = _fixed(6, 2, 0)  # few samples: some resamples draw one class and AUROC is undefined
+    with caplog.at_level("INFO", logger="unipipe.evaluate.metrics"):
+        bootstrap_ci(inp, auroc, n_resamples=400, seed=0)
+    assert any(m.endswith("of 400 resamples undefined") for m in caplog.messages), caplog.messages
+
+
 def test_compute_metrics_rejects_unknown_name() -> None:
     """An unknown metric name raises ConfigError listing the known ones."""
     inp = _fixed(20, 2, 0)

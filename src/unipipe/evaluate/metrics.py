@@ -246,7 +246,8 @@ def bootstrap_ci(
             values[start + i] = metric(resample)
     finite = values[np.isfinite(values)]
     if len(finite) < n_resamples:
-        logger.info("bootstrap: %s of %s resamples undefined", n_resamples - len(finite), n)
+        logger.info("bootstrap: %s of %s resamples undefined", n_resamples - len(finite),
+                    n_resamples)  # fmt: skip
     if len(finite) == 0:
         return float("nan"), float("nan")
     tail = (1.0 - ci) / 2.0
