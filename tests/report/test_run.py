@@ -252,3 +252,16 @@ def test_run_report_cohort_rows_segmentation_heatmaps_comparisons(
     for link in parser.links:
         if not link.startswith("#"):
             assert (out / link).is_file(), link
+
+
+def test_metric_table_prints_sizes_as_whole_numbers(tmp_path: Path) -> None:
+    """img px stays 224 when a slide row (no img_size) turns the column to float."""
+    roi = _metrics(tmp_path, "uni", "crc100k", "linear", 0.87)
+    slide = _metrics(tmp_path, "uni", "camelyon16", "abmil", 0.9)
+    record = json.loads(slide.read_text())
+    slide.write_text(json.dumps({**record, "img_size": None}))
+    out = tmp_path / "report"
+    run_report(metrics_jsons=[roi, slide], curate_dirs=[], train_metrics_csv=None, out_dir=out)
+    text = (out / "index.html").read_text()
+    assert '<td class="num">224</td>' in text
+    assert "224.000" not in text

@@ -49,6 +49,12 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
 
 
+def _count(value: object) -> str:
+    """A whole number; pandas turns an int column with a gap (slide rows' img_size) to float."""
+    text = _fmt(value)
+    return str(int(value)) if text and isinstance(value, float) else text
+
+
 def _figure(caption: str, src: str | None) -> str:
     if src is None:
         return f'<figure><p class="missing">{html.escape(caption)}: not produced</p></figure>'
@@ -82,7 +88,7 @@ def _metric_table(summary: pd.DataFrame) -> str:
     rows = []
     for rec in summary.to_dict("records"):
         cells = [f"<td>{_fmt(rec.get(k))}</td>" for k in keys]
-        cells += [f'<td class="num">{_fmt(rec.get(k))}</td>'
+        cells += [f'<td class="num">{_count(rec.get(k))}</td>'
                   for k in ("img_size", "n_train", "n_test")]  # fmt: skip
         for m in metrics:
             value, lo, hi, uni = (rec.get(m), rec.get(f"{m}_ci_low"), rec.get(f"{m}_ci_high"),
