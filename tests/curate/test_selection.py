@@ -13,7 +13,6 @@ from PIL import Image
 from sklearn.cluster import KMeans
 
 from unipipe.curate import selection
-from unipipe.curate.artefacts import ArtefactParams, run_detect_artefacts
 from unipipe.curate.features import FEATURE_NAMES
 from unipipe.curate.selection import (
     SelectionParams,
@@ -29,7 +28,6 @@ from unipipe.curate.tiling import (
     mask_fractions,
     run_tile_slide,
 )
-from unipipe.curate.tissue import TissueParams, run_segment_tissue
 from unipipe.errors import ConfigError, UnipipeError
 from unipipe.provenance import write_parquet
 from unipipe.slide import open_slide
@@ -191,20 +189,14 @@ def test_run_select_patches_rerun_byte_identical(
 
 
 @pytest.fixture(scope="module")
-def staged_tiles(tmp_path_factory: pytest.TempPathFactory):
+def staged_tiles(tmp_path_factory: pytest.TempPathFactory, segment_and_detect):
     """tiles.parquet of a slide from the real segment -> artefacts -> tile stages, with features."""
     made: dict[Path, Path] = {}
 
     def make(slide_path: Path) -> Path:
         if slide_path not in made:
             out = tmp_path_factory.mktemp("staged")
-            run_segment_tissue(slide_path, slide_id="s1", mpp=None, params=TissueParams(),
-                               mask_png=out / "tissue.png", geojson=out / "tissue.geojson",
-                               preview_jpg=out / "tissue.jpg", sidecar=out / "tissue.json")  # fmt: skip
-            run_detect_artefacts(slide_path, out / "tissue.png", slide_id="s1", mpp=None,
-                                 params=ArtefactParams(), mask_png=out / "artefacts.png",
-                                 qc_json=out / "qc.json", preview_jpg=out / "artefacts.jpg",
-                                 sidecar=out / "artefacts.json")  # fmt: skip
+            segment_and_detect(slide_path, out)
             run_tile_slide(slide_path, out / "tissue.png", out / "artefacts.png", slide_id="s1",
                            mpp=None, params=TilingParams(specs=[(256, 0.5), (512, 0.5)]),
                            tiles_parquet=out / "tiles.parquet", sidecar=out / "tiles.json",

@@ -14,9 +14,7 @@ from unipipe.config import build_params
 from unipipe.curate import tiling
 from unipipe.curate.artefacts import (
     ARTEFACT_CLASSES,
-    ArtefactParams,
     blur_score,
-    run_detect_artefacts,
 )
 from unipipe.curate.features import FEATURE_NAMES, patch_features
 from unipipe.curate.tiling import (
@@ -28,26 +26,19 @@ from unipipe.curate.tiling import (
     summed_area,
     table_fractions,
 )
-from unipipe.curate.tissue import TissueParams, run_segment_tissue
 from unipipe.errors import ConfigError, SlideError
 from unipipe.slide import open_slide
 
 
 @pytest.fixture(scope="module")
-def masks(tmp_path_factory: pytest.TempPathFactory):
+def masks(tmp_path_factory: pytest.TempPathFactory, segment_and_detect):
     """Tissue and artefact class masks of a slide from CURATE-A's stages, made once per slide."""
     made: dict[Path, tuple[Path, Path]] = {}
 
     def make(slide_path: Path) -> tuple[Path, Path]:
         if slide_path not in made:
             out = tmp_path_factory.mktemp("masks")
-            run_segment_tissue(slide_path, slide_id="s1", mpp=None, params=TissueParams(),
-                               mask_png=out / "tissue.png", geojson=out / "tissue.geojson",
-                               preview_jpg=out / "tissue.jpg", sidecar=out / "tissue.json")  # fmt: skip
-            run_detect_artefacts(slide_path, out / "tissue.png", slide_id="s1", mpp=None,
-                                 params=ArtefactParams(), mask_png=out / "artefacts.png",
-                                 qc_json=out / "qc.json", preview_jpg=out / "artefacts.jpg",
-                                 sidecar=out / "artefacts.json")  # fmt: skip
+            segment_and_detect(slide_path, out)
             made[slide_path] = (out / "tissue.png", out / "artefacts.png")
         return made[slide_path]
 
