@@ -54,6 +54,7 @@ def test_from_yaml_lists_become_tuples_and_config_is_frozen():
         ({"loss.centering": "median"}, "loss.centering"),
         ({"highres.steps": 10**6}, "highres.steps"),
         ({"model.kwargs": {"drop_path_rate": 0.1}}, "model.kwargs"),
+        ({"trainer.strategy": "fsdp", "trainer.precision": "16-mixed"}, "trainer.precision"),
     ],
 )
 def test_from_yaml_bad_values_name_the_key(overrides, key):

@@ -173,3 +173,31 @@ def test_compute_losses_no_masked_crop_still_centres_ibot(shard_index):
     assert rows == [8, 0]  # DINO targets of 2x4 CLS tokens, then iBOT targets of 0 tokens
     assert float(losses["ibot"]) == 0.0
     assert torch.isfinite(losses["total"])
+
+
+@pytest.mark.parametrize(
+    ("precision", "fused"), [("32-true", True), ("bf16-mixed", True), ("16-mixed", False)]
+)
+def test_gradient_clipping_caps_student_norm_with_fused_adamw(shard_index, precision, fused):
+    """The student's gradient norm is clipped to optim.clip_grad with the fused AdamW.
+
+    Lightning's own clipping refuses a fused optimiser under bf16 (and FSDP's plugin refuses
+    norm clipping); the module clips itself. Only fp16, whose gradients are still scaled
+    at this point, keeps the per-tensor AdamW and Lightning's unscale-then-clip path.
+    """
+    cfg = PretrainConfig.from_yaml(TINY_YAML, {**SMALL, "trainer.precision": precision})
+    module = DINOv2Module(cfg, global_batch=4)
+    optimizer = module.configure_optimizers()
+    assert bool(optimizer.defaults["fused"]) is fused
+    module.compute_losses(_batch(shard_index, cfg), step=0)["total"].mul(1e3).backward()
+    grads = [p.grad for p in module.student.parameters() if p.grad is not None]
+    assert torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) > 1.0
+    if not fused:
+        return  # Lightning's clip_gradients needs an attached Trainer
+    module.configure_gradient_clipping(optimizer, 1.0, "norm")
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+    assert float(norm) == pytest.approx(1.0, rel=1e-4)
+    module.configure_gradient_clipping(optimizer, 0.0, "norm")  # 0 = no clipping
+    assert float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) == (
+        pytest.approx(float(norm))
+    )

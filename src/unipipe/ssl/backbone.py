@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -36,6 +37,12 @@ def subset_residual(
     return torch.index_add(x, 0, idx, residual.to(x.dtype), alpha=batch / keep)
 
 
+def _subset_block_forward(block: nn.Module, x: torch.Tensor, rate: float) -> torch.Tensor:
+    """A timm ``Block`` with both residual branches run on batch subsets (drop path ``rate``)."""
+    x = subset_residual(x, lambda y: block.ls1(block.attn(block.norm1(y))), rate)
+    return subset_residual(x, lambda y: block.ls2(block.mlp(block.norm2(y))), rate)
+
+
 class MaskedViT(nn.Module):
     """Wraps a timm ``VisionTransformer`` (built with ``dynamic_img_size=True``, no drop path).
 
@@ -66,6 +73,9 @@ class MaskedViT(nn.Module):
         for block in vit.blocks:
             if hasattr(block.attn, "fused_attn"):
                 block.attn.fused_attn = sdpa
+            # A method of the block itself, not of this wrapper: FSDP2 gathers a block's
+            # weights around its registered forward methods (see DINOv2Module.configure_model).
+            block.subset_forward = types.MethodType(_subset_block_forward, block)
 
     @property
     def embed_dim(self) -> int:
@@ -77,11 +87,6 @@ class MaskedViT(nn.Module):
         """Number of transformer blocks."""
         return len(self.vit.blocks)
 
-    def _block(self, block: nn.Module, x: torch.Tensor, rate: float) -> torch.Tensor:
-        rate = rate if self.training else 0.0
-        x = subset_residual(x, lambda y: block.ls1(block.attn(block.norm1(y))), rate)
-        return subset_residual(x, lambda y: block.ls2(block.mlp(block.norm2(y))), rate)
-
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> BackboneOutput:
         """Encode (B, 3, H, W) images; ``masks`` (B, h*w) bool replaces patches by the mask token."""
         vit = self.vit
@@ -92,6 +97,6 @@ class MaskedViT(nn.Module):
         x = vit._pos_embed(x)  # (B, prefix + N, D), pos-embed interpolated to (h, w)
         x = vit.norm_pre(vit.patch_drop(x))
         for block, rate in zip(vit.blocks, self.drop_rates, strict=True):
-            x = self._block(block, x, rate)
+            x = block.subset_forward(x, rate if self.training else 0.0)
         x = vit.norm(x)
         return BackboneOutput(cls=x[:, 0], patch=x[:, vit.num_prefix_tokens :])

@@ -232,6 +232,12 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _check(self.strategy in ("auto", "single", "ddp", "fsdp"), "trainer.strategy", "unknown")
+        _check(
+            not (self.strategy == "fsdp" and str(self.precision) in ("16-mixed", "16")),
+            "trainer.precision",
+            "16-mixed needs a sharded grad scaler, which FSDP2 under Lightning lacks; "
+            "use bf16-mixed or 32-true with strategy fsdp",
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -108,9 +108,9 @@ class DINOv2Module(L.LightningModule):
             patch_embed_lr_mult=o.patch_embed_lr_mult,
         )
         # The fused kernel is one pass over all parameters (5x faster than the per-tensor loop
-        # on CPU), but Lightning refuses gradient clipping with it under mixed precision.
-        mixed = "mixed" in str(self.config.trainer.precision)
-        fused = not (mixed and o.clip_grad > 0)
+        # on CPU). Only fp16's grad scaler needs the per-tensor path: Lightning unscales the
+        # gradients before clipping only for optimisers that do not unscale themselves.
+        fused = not self._grad_scaled
         return torch.optim.AdamW(
             groups,
             lr=0.0,
@@ -119,6 +119,62 @@ class DINOv2Module(L.LightningModule):
             fused=fused or None,
             foreach=None if fused else True,
         )
+
+    @property
+    def _grad_scaled(self) -> bool:
+        return str(self.config.trainer.precision) in ("16-mixed", "16")
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the student's gradient norm with torch's own function.
+
+        Lightning's precision plugins refuse norm clipping with a fused optimiser (bf16) and
+        under FSDP; ``clip_grad_norm_`` is correct for both: on FSDP2's sharded DTensor
+        gradients it reduces the norm over all ranks. With fp16 the gradients are still
+        scaled here, so Lightning's own path (which unscales first) is kept.
+        """
+        if not gradient_clip_val:
+            return
+        if self._grad_scaled:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        grads = [p for p in self.student.parameters() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val, foreach=True)
+
+    def configure_model(self) -> None:
+        """Under ``trainer.strategy: fsdp``, shard student and teacher with FSDP2.
+
+        Every transformer block, each backbone (its embeddings and final norm) and each head
+        is one ``fully_shard`` unit over the data-parallel mesh; student and teacher are
+        sharded alike, so the EMA update works on matching local shards. With bf16-mixed
+        the all-gathered weights are bf16 and gradients are reduced in fp32 (DINOv2's FSDP
+        set-up). Other strategies set no device mesh and leave the model as it is.
+        """
+        mesh = self.device_mesh
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.fsdp import (
+            MixedPrecisionPolicy,
+            fully_shard,
+            register_fsdp_forward_method,
+        )
+
+        kwargs: dict[str, Any] = {"mesh": mesh["data_parallel"]}
+        if str(self.config.trainer.precision) == "bf16-mixed":
+            kwargs["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+            )
+        for model in (self.student, self.teacher):
+            for block in model["backbone"].vit.blocks:
+                fully_shard(block, **kwargs)
+                register_fsdp_forward_method(block, "subset_forward")
+            for part in model.values():
+                fully_shard(part, **kwargs)
+        self._sharded = True
 
     def _apply_schedules(self, step: int) -> None:
         lr, wd = self.schedules.lr(step), self.schedules.weight_decay(step)
@@ -146,6 +202,14 @@ class DINOv2Module(L.LightningModule):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """One EMA step of every teacher parameter towards the student's."""
+        if getattr(self, "_sharded", False):
+            # FSDP2 keeps a root unit's weights gathered after its forward (the teacher has
+            # no backward that would reshard them): shard them so t and s are matching shards.
+            from torch.distributed.fsdp import FSDPModule
+
+            for module in self.teacher.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
         t_params = list(self.teacher.parameters())
         s_params = [p.detach() for p in self.student.parameters()]
         # t + (1 - m)(s - t) is m t + (1 - m) s in one pass over the weights instead of two.
