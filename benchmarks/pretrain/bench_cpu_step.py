@@ -42,7 +42,12 @@ def _module(arch: str, batch_size: int):
 
     cfg = PretrainConfig.from_yaml(
         UNI_YAML,
-        {"model.arch": arch, "data.batch_size": batch_size, "augment.photometric_on": "worker"},
+        {
+            "model.arch": arch,
+            "data.batch_size": batch_size,
+            "augment.photometric_on": "worker",
+            "trainer.precision": "32-true",  # an fp32 run: its optimiser choice, not bf16's
+        },
     )
     torch.manual_seed(0)
     return multicrop_batch(cfg, batch_size), DINOv2Module(cfg, global_batch=batch_size).train()
@@ -66,6 +71,11 @@ def _matmul_share(step) -> dict[str, float]:
 def measure(args: argparse.Namespace) -> dict:
     """Time ``args.repeats`` steps after one warm-up step in this process."""
     torch.set_num_threads(args.threads)
+    from unipipe import runtime
+
+    # As run_pretrain does; revisions from before it existed run without it.
+    keep = getattr(runtime, "keep_freed_host_memory", None)
+    kept = bool(keep and keep())
     batch, module = _module(args.arch, args.batch)
     step = training_step_fn(module, batch, device="cpu", dtype=None)
     step()
@@ -88,6 +98,7 @@ def measure(args: argparse.Namespace) -> dict:
         "cpu_median_s": round(statistics.median(cpus), 3),
         "cpu_min_s": round(min(cpus), 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "host_memory_kept": kept,
         "reference_dinov2_s": 2.1,
     }
     if args.profile:

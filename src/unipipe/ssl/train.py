@@ -21,6 +21,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from unipipe.models import build_vit, save_encoder
 from unipipe.provenance import atomic_path, file_sha256, to_jsonable, write_json, write_sidecar
+from unipipe.runtime import keep_freed_host_memory
 from unipipe.ssl.config import PretrainConfig
 from unipipe.ssl.data import PretrainDataModule, ShardSource
 from unipipe.ssl.module import DINOv2Module
@@ -332,6 +333,7 @@ def run_pretrain(
     last = out_dir / "checkpoints" / LAST_CKPT
     stream = out_dir / "metrics_stream.csv"
     L.seed_everything(seed, workers=True, verbose=False)
+    keep_freed_host_memory()  # large CPU tensors are reused, not mapped afresh every step
     logger.info("pretraining with %s", config.to_dict())
 
     claim_out_dir(out_dir, run_fingerprint(config, seed, index_parquet))
