@@ -132,10 +132,17 @@ def test_run_pretrain_different_seed_different_teacher(shard_index, tmp_path):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"augment.photometric_on": "device"}, {"trainer.precision": "bf16-mixed"}],
+    [
+        {"augment.photometric_on": "device"},
+        {"trainer.precision": "bf16-mixed"},
+        {"trainer.precision": "16-mixed"},
+    ],
 )
-def test_run_pretrain_device_photometric_and_bf16_train(shard_index, tmp_path, overrides):
-    """The batched photometric path (uint8 crops, jitter after transfer) and bf16 autocast run."""
+def test_run_pretrain_device_photometric_and_mixed_precision_train(
+    shard_index, tmp_path, overrides
+):
+    """The batched photometric path (uint8 crops, jitter after transfer), bf16 autocast with
+    the fused AdamW clipped by the module, and fp16 with Lightning's grad scaler run."""
     _run(shard_index, tmp_path, {**overrides, "schedule.total_steps": 2})
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert metrics[["total", "dino", "ibot", "koleo"]].notna().all().all()

@@ -87,6 +87,7 @@ class DINOv2Module(L.LightningModule):
         self.ibot_center = SoftmaxCenter(ibot_k, momentum=config.loss.center_momentum)
         self.last_metrics: dict[str, float] = {}
         self._step = 0  # optimiser step being computed (0-based)
+        self._sharded = False  # set by configure_model under FSDP
         if config.trainer.compile:  # in place: parameter names (and checkpoints) unchanged
             self.student["backbone"].compile()
             self.teacher["backbone"].compile()
@@ -151,11 +152,14 @@ class DINOv2Module(L.LightningModule):
         Every transformer block, each backbone (its embeddings and final norm) and each head
         is one ``fully_shard`` unit over the data-parallel mesh; student and teacher are
         sharded alike, so the EMA update works on matching local shards. With bf16-mixed
-        the all-gathered weights are bf16 and gradients are reduced in fp32 (DINOv2's FSDP
-        set-up). Other strategies set no device mesh and leave the model as it is.
+        the all-gathered weights are bf16 and gradients are reduced in fp32. Other
+        strategies set no device mesh and leave the model as it is.
+
+        The optimiser state in an FSDP checkpoint is keyed by parameter name (torch's
+        distributed format), so an FSDP run resumes under FSDP only, not under DDP.
         """
         mesh = self.device_mesh
-        if mesh is None or getattr(self, "_sharded", False):
+        if mesh is None or self._sharded:
             return
         from torch.distributed.fsdp import (
             MixedPrecisionPolicy,
@@ -202,7 +206,7 @@ class DINOv2Module(L.LightningModule):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """One EMA step of every teacher parameter towards the student's."""
-        if getattr(self, "_sharded", False):
+        if self._sharded:
             # FSDP2 keeps a root unit's weights gathered after its forward (the teacher has
             # no backward that would reshard them): shard them so t and s are matching shards.
             from torch.distributed.fsdp import FSDPModule
