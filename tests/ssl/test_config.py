@@ -55,9 +55,21 @@ def test_from_yaml_lists_become_tuples_and_config_is_frozen():
         ({"highres.steps": 10**6}, "highres.steps"),
         ({"model.kwargs": {"drop_path_rate": 0.1}}, "model.kwargs"),
         ({"trainer.strategy": "fsdp", "trainer.precision": "16-mixed"}, "trainer.precision"),
+        ({"trainer.strategy": "fsdp", "trainer.precision": "16"}, "trainer.precision"),
+        ({"trainer.strategy": "fsdp", "trainer.compile": True}, "trainer.compile"),
+        ({"trainer.precision": "bf16-mix"}, "trainer.precision"),
     ],
 )
 def test_from_yaml_bad_values_name_the_key(overrides, key):
     """Invalid or unknown values raise ConfigError quoting the config key."""
     with pytest.raises(ConfigError, match=key):
         PretrainConfig.from_yaml(TINY_YAML, overrides)
+
+
+@pytest.mark.parametrize(
+    ("given", "full"), [("bf16", "bf16-mixed"), ("16", "16-mixed"), ("32", "32-true")]
+)
+def test_from_yaml_short_precision_names_are_spelled_out(given, full):
+    """Lightning's short precision names become its full ones, which the module reads."""
+    cfg = PretrainConfig.from_yaml(TINY_YAML, {"trainer.precision": given})
+    assert cfg.trainer.precision == full

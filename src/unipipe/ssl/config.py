@@ -232,12 +232,36 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _check(self.strategy in ("auto", "single", "ddp", "fsdp"), "trainer.strategy", "unknown")
+        precision = _PRECISIONS.get(str(self.precision))
         _check(
-            not (self.strategy == "fsdp" and str(self.precision) in ("16-mixed", "16")),
+            precision is not None,
+            "trainer.precision",
+            f"{self.precision!r} is not one of {', '.join(sorted(set(_PRECISIONS.values())))}",
+        )
+        # Lightning's short names are spelled out, so that code reading the config (the
+        # optimiser choice, FSDP's mixed precision) sees one name per precision.
+        object.__setattr__(self, "precision", precision)
+        _check(
+            not (self.strategy == "fsdp" and precision == "16-mixed"),
             "trainer.precision",
             "16-mixed needs a sharded grad scaler, which FSDP2 under Lightning lacks; "
             "use bf16-mixed or 32-true with strategy fsdp",
         )
+        _check(
+            not (self.strategy == "fsdp" and self.compile),
+            "trainer.compile",
+            "torch.compile of the sharded backbone fails in torch 2.14 (the position-embedding "
+            "resize's backward); use strategy ddp with compile, or fsdp without it",
+        )
+
+
+# trainer.precision values -> Lightning's full name of each.
+_PRECISIONS = {
+    **{name: name for name in ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true")},
+    "32": "32-true",
+    "bf16": "bf16-mixed",
+    "16": "16-mixed",
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -123,7 +123,7 @@ class DINOv2Module(L.LightningModule):
 
     @property
     def _grad_scaled(self) -> bool:
-        return str(self.config.trainer.precision) in ("16-mixed", "16")
+        return self.config.trainer.precision == "16-mixed"
 
     def configure_gradient_clipping(
         self,
@@ -168,7 +168,7 @@ class DINOv2Module(L.LightningModule):
         )
 
         kwargs: dict[str, Any] = {"mesh": mesh["data_parallel"]}
-        if str(self.config.trainer.precision) == "bf16-mixed":
+        if self.config.trainer.precision == "bf16-mixed":
             kwargs["mp_policy"] = MixedPrecisionPolicy(
                 param_dtype=torch.bfloat16, reduce_dtype=torch.float32
             )
