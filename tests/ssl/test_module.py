@@ -201,3 +201,42 @@ def test_gradient_clipping_caps_student_norm_with_fused_adamw(shard_index, preci
     assert float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) == (
         pytest.approx(float(norm))
     )
+
+
+@pytest.mark.parametrize("crops", ["global_crops", "local_crops"])
+def test_backbone_select_equals_full_pass_at_selected_tokens(shard_index, crops):
+    """The last block computed only at CLS + selected patches (iBOT's masked ones, or none
+    for the local crops) gives the full pass's outputs and parameter gradients there, with
+    drop path's batch subsets drawn alike (train mode, rate 0.3 in every block)."""
+    cfg = PretrainConfig.from_yaml(
+        TINY_YAML, {**SMALL, "model.drop_path_rate": 0.3, "model.drop_path_uniform": True}
+    )
+    backbone = DINOv2Module(cfg, global_batch=4).student["backbone"].train()
+    batch = _batch(shard_index, cfg)
+    images = batch[crops]
+    if crops == "global_crops":
+        masks = select = batch["masks"]
+        assert 0 < int(select.sum()) < select.numel() // 2
+    else:
+        masks, select = None, torch.zeros(images.shape[0], 9, dtype=torch.bool)
+
+    def run(**kwargs):
+        torch.manual_seed(3)
+        backbone.zero_grad(set_to_none=True)
+        out = backbone(images, masks, **kwargs)
+        patch = out.patch if "select" in kwargs else out.patch[select]
+        (out.cls.square().sum() + patch.sin().sum()).backward()
+        grads = {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}
+        return out.cls.detach(), patch.detach(), grads
+
+    cls_full, patch_full, grads_full = run()
+    cls_sel, patch_sel, grads_sel = run(select=select)
+    torch.testing.assert_close(cls_sel, cls_full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(patch_sel, patch_full, rtol=1e-5, atol=1e-5)
+    assert grads_sel.keys() == grads_full.keys()
+    for name in grads_full:
+        # float sums in another order: tolerance relative to the gradient's own scale
+        scale = float(grads_full[name].abs().max().clamp(min=1.0))
+        torch.testing.assert_close(
+            grads_sel[name], grads_full[name], rtol=1e-4, atol=2e-5 * scale, msg=name
+        )

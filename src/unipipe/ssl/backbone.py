@@ -16,7 +16,9 @@ class BackboneOutput(NamedTuple):
     """Normalised tokens of one forward pass."""
 
     cls: torch.Tensor  # (B, D)
-    patch: torch.Tensor  # (B, N, D), N = h * w patches in row-major order
+    # (B, N, D), N = h * w patches in row-major order; with ``select``, only the selected
+    # patches as (M, D), in the order of ``patch[select]``.
+    patch: torch.Tensor
 
 
 def subset_residual(
@@ -41,6 +43,73 @@ def _subset_block_forward(block: nn.Module, x: torch.Tensor, rate: float) -> tor
     """A timm ``Block`` with both residual branches run on batch subsets (drop path ``rate``)."""
     x = subset_residual(x, lambda y: block.ls1(block.attn(block.norm1(y))), rate)
     return subset_residual(x, lambda y: block.ls2(block.mlp(block.norm2(y))), rate)
+
+
+def _subset(batch: int, drop_rate: float, device: torch.device) -> torch.Tensor | None:
+    """The samples a residual branch runs on, drawn exactly as :func:`subset_residual` does."""
+    keep = max(int(batch * (1.0 - drop_rate)), 1)
+    if drop_rate <= 0.0 or keep >= batch:
+        return None
+    return torch.randperm(batch, device=device)[:keep]
+
+
+def _attention_values(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm ``Attention`` up to its output projection: (B, T, D) -> (B, T, attn_dim)."""
+    b, t, _ = x.shape
+    qkv = attn.qkv(x).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    dropout = attn.attn_drop.p if attn.training else 0.0
+    out = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    return attn.norm(out.transpose(1, 2).reshape(b, t, attn.attn_dim))
+
+
+def _selected_block_forward(
+    block: nn.Module, x: torch.Tensor, rate: float, flat: torch.Tensor
+) -> torch.Tensor:
+    """The last block computed only where its output is used: (B, T, D) -> (M, D).
+
+    ``flat`` (M,) indexes the needed tokens of the flattened (B * T) batch. Attention still
+    reads every token's keys and values, but the output projection, the MLP and both
+    residual adds run on the M needed tokens only; for a 224-px crop with a 30% iBOT mask
+    that skips about two thirds of the block. The batch subsets of drop path are drawn as
+    in :func:`_subset_block_forward`, so the result equals that block's output at these
+    tokens.
+    """
+    batch, tokens = x.shape[:2]
+    sample = torch.div(flat, tokens, rounding_mode="floor")  # (M,)
+    out = x.flatten(0, 1)[flat]  # (M, D) residual stream at the needed tokens
+
+    idx = _subset(batch, rate, x.device)
+    values = _attention_values(block.attn, block.norm1(x if idx is None else x[idx]))
+    if idx is None:
+        rows, where, alpha = flat, None, 1.0
+    else:
+        slot = torch.full((batch,), -1, dtype=torch.long, device=x.device)
+        slot[idx] = torch.arange(idx.shape[0], device=x.device)
+        where = (slot[sample] >= 0).nonzero().squeeze(1)  # needed tokens of run samples
+        rows = slot[sample[where]] * tokens + flat[where] % tokens
+        alpha = batch / idx.shape[0]
+    residual = block.ls1(block.attn.proj_drop(block.attn.proj(values.flatten(0, 1)[rows])))
+    out = _add_rows(out, where, residual, alpha)
+
+    idx = _subset(batch, rate, x.device)
+    if idx is None:
+        where, alpha = None, 1.0
+    else:
+        where = torch.isin(sample, idx).nonzero().squeeze(1)
+        alpha = batch / idx.shape[0]
+    branch_in = out if where is None else out[where]
+    return _add_rows(out, where, block.ls2(block.mlp(block.norm2(branch_in))), alpha)
+
+
+def _add_rows(
+    x: torch.Tensor, rows: torch.Tensor | None, residual: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    residual = residual.to(x.dtype)
+    if rows is None:
+        return x + residual if alpha == 1.0 else x + alpha * residual
+    return torch.index_add(x, 0, rows, residual, alpha=alpha)
 
 
 class MaskedViT(nn.Module):
@@ -76,6 +145,7 @@ class MaskedViT(nn.Module):
             # A method of the block itself, not of this wrapper: FSDP2 gathers a block's
             # weights around its registered forward methods (see DINOv2Module.configure_model).
             block.subset_forward = types.MethodType(_subset_block_forward, block)
+            block.selected_forward = types.MethodType(_selected_block_forward, block)
 
     @property
     def embed_dim(self) -> int:
@@ -87,8 +157,21 @@ class MaskedViT(nn.Module):
         """Number of transformer blocks."""
         return len(self.vit.blocks)
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> BackboneOutput:
-        """Encode (B, 3, H, W) images; ``masks`` (B, h*w) bool replaces patches by the mask token."""
+    def forward(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        select: torch.Tensor | None = None,
+    ) -> BackboneOutput:
+        """Encode (B, 3, H, W) images.
+
+        Args:
+            images: the crops.
+            masks: (B, h*w) bool, patches replaced by the mask token (iBOT).
+            select: (B, h*w) bool, the only patch tokens the caller will use; the CLS token
+                is always returned. The last block then skips the rest (see
+                :func:`_selected_block_forward`) and ``patch`` is ``(M, D)``.
+        """
         vit = self.vit
         x = vit.patch_embed(images)  # (B, h, w, D) with dynamic_img_size
         if masks is not None:
@@ -96,7 +179,23 @@ class MaskedViT(nn.Module):
             x = torch.where(grid, self.mask_token.to(x.dtype).view(1, 1, 1, -1), x)
         x = vit._pos_embed(x)  # (B, prefix + N, D), pos-embed interpolated to (h, w)
         x = vit.norm_pre(vit.patch_drop(x))
-        for block, rate in zip(vit.blocks, self.drop_rates, strict=True):
-            x = block.subset_forward(x, rate if self.training else 0.0)
-        x = vit.norm(x)
-        return BackboneOutput(cls=x[:, 0], patch=x[:, vit.num_prefix_tokens :])
+        rates = [rate if self.training else 0.0 for rate in self.drop_rates]
+        blocks = list(vit.blocks)
+        if select is None:
+            for block, rate in zip(blocks, rates, strict=True):
+                x = block.subset_forward(x, rate)
+            x = vit.norm(x)
+            return BackboneOutput(cls=x[:, 0], patch=x[:, vit.num_prefix_tokens :])
+
+        prefix = vit.num_prefix_tokens
+        needed = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)  # (B, T)
+        needed[:, 0] = True  # CLS; register tokens serve only as keys and values
+        needed[:, prefix:] = select
+        flat = needed.flatten().nonzero().squeeze(1)  # (M + B,) row-major
+        for block, rate in zip(blocks[:-1], rates[:-1], strict=True):
+            x = block.subset_forward(x, rate)
+        out = vit.norm(blocks[-1].selected_forward(x, rates[-1], flat))  # (M + B, D)
+        counts = needed.sum(dim=1)
+        is_cls = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
+        is_cls[counts.cumsum(0) - counts] = True  # each sample's first needed token
+        return BackboneOutput(cls=out[is_cls], patch=out[~is_cls])

@@ -176,6 +176,7 @@ class DINOv2Module(L.LightningModule):
             for block in model["backbone"].vit.blocks:
                 fully_shard(block, **kwargs)
                 register_fsdp_forward_method(block, "subset_forward")
+                register_fsdp_forward_method(block, "selected_forward")
             for part in model.values():
                 fully_shard(part, **kwargs)
         self._sharded = True
@@ -251,6 +252,24 @@ class DINOv2Module(L.LightningModule):
         center.update(logits)
         return probs
 
+    def _encode(
+        self,
+        model: nn.ModuleDict,
+        images: torch.Tensor,
+        masks: torch.Tensor | None,
+        select: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLS tokens (B, D) and the ``select``-ed patch tokens (M, D) of one backbone pass.
+
+        The last block runs only on these tokens; a compiled backbone takes the full pass
+        instead (the data-dependent selection would break dynamo's graph every step).
+        """
+        if self.config.trainer.compile:
+            out = model["backbone"](images, masks)
+            return out.cls, out.patch[select]
+        out = model["backbone"](images, masks, select=select)
+        return out.cls, out.patch
+
     def _head_logits(
         self, model: nn.ModuleDict, cls_tokens: torch.Tensor, patch_tokens: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -273,7 +292,9 @@ class DINOv2Module(L.LightningModule):
 
         One teacher pass (global crops), one student pass over the masked global crops whose
         CLS and patch tokens both feed the losses, one over the local crops, and one head
-        pass per model on the CLS tokens plus the gathered masked patch tokens only.
+        pass per model on the CLS tokens plus the gathered masked patch tokens only. Each
+        pass finishes its last block on the CLS and masked tokens alone, the only outputs
+        the losses read.
         """
         cfg = self.config.loss
         g, loc, masks = batch["global_crops"], batch["local_crops"], batch["masks"]
@@ -285,27 +306,34 @@ class DINOv2Module(L.LightningModule):
         use_ibot = cfg.ibot_weight > 0
         use_dino = cfg.dino_weight > 0
 
+        no_patch = masks.new_zeros(masks.shape)  # (2B, N): CLS only
         with torch.no_grad():  # teacher sees the unmasked global crops
-            t_out = self.teacher["backbone"](g)
+            t_cls, t_masked = self._encode(self.teacher, g, None, masks if use_ibot else no_patch)
             t_cls_logits, t_patch_logits = self._head_logits(
                 self.teacher,
-                t_out.cls if use_dino else t_out.cls[:0],  # (2B, D)
-                t_out.patch[masks] if use_ibot else None,  # (M, D)
+                t_cls if use_dino else t_cls[:0],  # (2B, D)
+                t_masked if use_ibot else None,  # (M, D)
             )
             t_cls = self._targets(t_cls_logits, self.dino_center, temp) if use_dino else None
             t_patch = self._targets(t_patch_logits, self.ibot_center, temp) if use_ibot else None
 
-        s_g = self.student["backbone"](g, masks if use_ibot else None)
-        s_cls = [s_g.cls] if use_dino else []  # (2B, D)
+        s_g_cls, s_masked = self._encode(
+            self.student, g, masks if use_ibot else None, masks if use_ibot else no_patch
+        )
+        s_cls = [s_g_cls] if use_dino else []  # (2B, D)
         if use_dino and n_local:
-            s_cls.append(self.student["backbone"](loc).cls)  # (n_local * B, D)
+            n_loc_patches = (loc.shape[-2] // self.config.model.patch_size) * (
+                loc.shape[-1] // self.config.model.patch_size
+            )
+            no_loc_patch = masks.new_zeros((loc.shape[0], n_loc_patches))
+            s_cls.append(self._encode(self.student, loc, None, no_loc_patch)[0])  # (n_local B, D)
         s_cls_logits, s_patch_logits = self._head_logits(
             self.student,
-            torch.cat(s_cls) if s_cls else s_g.cls[:0],
-            s_g.patch[masks] if use_ibot else None,
+            torch.cat(s_cls) if s_cls else s_g_cls[:0],
+            s_masked if use_ibot else None,
         )
 
-        zero = s_g.cls.new_zeros((), dtype=torch.float32)
+        zero = s_g_cls.new_zeros((), dtype=torch.float32)
         losses = {"dino": zero, "ibot": zero, "koleo": zero}
         if use_dino:
             losses["dino"] = dino_cls_loss(
@@ -323,7 +351,7 @@ class DINOv2Module(L.LightningModule):
                 student_temp=cfg.student_temp,
             )
         if cfg.koleo_weight > 0:
-            losses["koleo"] = sum(koleo_loss(c) for c in s_g.cls.chunk(2))
+            losses["koleo"] = sum(koleo_loss(c) for c in s_g_cls.chunk(2))
         losses["total"] = (
             cfg.dino_weight * losses["dino"]
             + cfg.ibot_weight * losses["ibot"]
