@@ -67,3 +67,24 @@ def test_masked_vit_drop_rates_uniform_or_linear():
     assert MaskedViT(vit, drop_path_rate=0.3).drop_rates == [0.3, 0.3, 0.3]
     linear = MaskedViT(vit, drop_path_rate=0.3, drop_path_uniform=False).drop_rates
     assert linear == [0.0, 0.15, 0.3]
+
+
+def test_masked_vit_select_falls_back_to_full_block_for_other_attention():
+    """An attention class other than timm's plain one runs the full last block and gathers
+    the selected tokens, so a variant's own internals are never bypassed."""
+    from timm.models.vision_transformer import Attention
+
+    torch.manual_seed(0)
+    wrapped = MaskedViT(build_vit("vit_small_patch16_224", **TINY)).eval()
+    wrapped.vit.blocks[-1].ls1.gamma.data.fill_(1.0)  # the attention branch counts fully
+    last = wrapped.vit.blocks[-1].attn
+    # A variant that changes the output: bypassing its forward would change the result.
+    own = {"forward": lambda self, x, **kw: 2.0 * Attention.forward(self, x, **kw)}
+    last.__class__ = type("OwnAttention", (Attention,), own)
+    select = torch.zeros(2, 16, dtype=torch.bool)
+    select[0, 3] = select[1, :4] = True
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        full, some = wrapped(x), wrapped(x, select=select)
+    torch.testing.assert_close(some.cls, full.cls)
+    torch.testing.assert_close(some.patch, full.patch[select])

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+from timm.models.vision_transformer import Attention
 from torch import nn
 
 __all__ = ["BackboneOutput", "MaskedViT", "subset_residual"]
@@ -53,6 +54,11 @@ def _subset(batch: int, drop_rate: float, device: torch.device) -> torch.Tensor 
     return torch.randperm(batch, device=device)[:keep]
 
 
+def _plain_attention(attn: nn.Module) -> bool:
+    """timm's ``Attention`` without a gate: what :func:`_attention_values` reproduces."""
+    return type(attn) is Attention and getattr(attn, "gate", None) is None
+
+
 def _attention_values(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """timm ``Attention`` up to its output projection: (B, T, D) -> (B, T, attn_dim)."""
     b, t, _ = x.shape
@@ -76,6 +82,8 @@ def _selected_block_forward(
     in :func:`_subset_block_forward`, so the result equals that block's output at these
     tokens.
     """
+    if not _plain_attention(block.attn):  # a variant whose internals are not mirrored here
+        return block.subset_forward(x, rate).flatten(0, 1)[flat]
     batch, tokens = x.shape[:2]
     sample = torch.div(flat, tokens, rounding_mode="floor")  # (M,)
     out = x.flatten(0, 1)[flat]  # (M, D) residual stream at the needed tokens
