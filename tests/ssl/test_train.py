@@ -142,7 +142,9 @@ def test_run_pretrain_device_photometric_and_mixed_precision_train(
     shard_index, tmp_path, overrides
 ):
     """The batched photometric path (uint8 crops, jitter after transfer), bf16 autocast with
-    the fused AdamW clipped by the module, and fp16 with Lightning's grad scaler run."""
+    the fused AdamW clipped by the module, and a 16-mixed recipe (per-tensor AdamW clipped
+    by Lightning) run. On CPU Lightning trains 16-mixed as bf16, so fp16's grad scaler
+    itself only runs on a GPU."""
     _run(shard_index, tmp_path, {**overrides, "schedule.total_steps": 2})
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert metrics[["total", "dino", "ibot", "koleo"]].notna().all().all()
