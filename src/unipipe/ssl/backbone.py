@@ -77,8 +77,9 @@ def _selected_block_forward(
 
     ``flat`` (M,) indexes the needed tokens of the flattened (B * T) batch. Attention still
     reads every token's keys and values, but the output projection, the MLP and both
-    residual adds run on the M needed tokens only; for a 224-px crop with a 30% iBOT mask
-    that skips about two thirds of the block. The batch subsets of drop path are drawn as
+    residual adds run on the M needed tokens only: that skips about half of the block's
+    work for a 224-px crop with a 30% iBOT mask, two thirds for an unmasked or local crop
+    whose CLS token alone is read. The batch subsets of drop path are drawn as
     in :func:`_subset_block_forward`, so the result equals that block's output at these
     tokens.
     """
