@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from unipipe.ssl.augment import MultiCrop
+from unipipe.ssl.backbone import _plain_attention
 from unipipe.ssl.config import PretrainConfig
 from unipipe.ssl.data import MultiCropCollate, MultiCropDataset, PretrainDataModule, open_patches
 from unipipe.ssl.losses import dino_cls_loss, ibot_patch_loss, sinkhorn_knopp
@@ -212,6 +213,7 @@ def test_backbone_select_equals_full_pass_at_selected_tokens(shard_index, crops)
         TINY_YAML, {**SMALL, "model.drop_path_rate": 0.3, "model.drop_path_uniform": True}
     )
     backbone = DINOv2Module(cfg, global_batch=4).student["backbone"].train()
+    assert _plain_attention(backbone.vit.blocks[-1].attn)  # the token-selected path runs
     batch = _batch(shard_index, cfg)
     images = batch[crops]
     if crops == "global_crops":

@@ -54,9 +54,20 @@ def _subset(batch: int, drop_rate: float, device: torch.device) -> torch.Tensor 
     return torch.randperm(batch, device=device)[:keep]
 
 
+_ATTENTION_PARTS = ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop")
+
+
 def _plain_attention(attn: nn.Module) -> bool:
-    """timm's ``Attention`` without a gate: what :func:`_attention_values` reproduces."""
-    return type(attn) is Attention and getattr(attn, "gate", None) is None
+    """timm's ``Attention`` without a gate: what :func:`_attention_values` reproduces.
+
+    The parts are checked too: older timm releases lack the output norm and ``attn_dim``.
+    """
+    parts = _ATTENTION_PARTS + ("num_heads", "head_dim", "attn_dim")
+    return (
+        type(attn) is Attention
+        and getattr(attn, "gate", None) is None
+        and all(hasattr(attn, name) for name in parts)
+    )
 
 
 def _attention_values(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
