@@ -58,6 +58,22 @@ def test_from_yaml_lists_become_tuples_and_config_is_frozen():
         ({"trainer.strategy": "fsdp", "trainer.precision": "16"}, "trainer.precision"),
         ({"trainer.strategy": "fsdp", "trainer.compile": True}, "trainer.compile"),
         ({"trainer.precision": "bf16-mix"}, "trainer.precision"),
+        ({"trainer.precision": "bf16-true"}, "trainer.precision"),
+        ({"optim.clip_grad": -1.0}, "optim.clip_grad"),
+        ({"optim.min_lr": 1.0}, "optim.min_lr"),
+        ({"schedule.momentum": [1.5, 2.0]}, "schedule.momentum"),
+        ({"schedule.teacher_temp": [0.0, 0.0]}, "schedule.teacher_temp"),
+        ({"loss.student_temp": 0.0}, "loss.student_temp"),
+        ({"loss.sk_iters": 0}, "loss.sk_iters"),
+        ({"heads.n_prototypes": 1}, "heads.n_prototypes"),
+        ({"heads.bottleneck_dim": 0}, "heads.bottleneck_dim"),
+        (
+            {"loss.dino_weight": 0.0, "loss.ibot_weight": 0.0, "loss.koleo_weight": 0.0},
+            "loss.dino_weight",
+        ),
+        ({"crops.global_size": 100}, "crops.global_size"),
+        ({"highres.steps": 1, "highres.global_size": 100}, "highres.global_size"),
+        ({"checkpoint.keep_last": -5}, "checkpoint.keep_last"),
     ],
 )
 def test_from_yaml_bad_values_name_the_key(overrides, key):

@@ -65,6 +65,7 @@ class ModelConfig:
         object.__setattr__(self, "kwargs", dict(self.kwargs))
         _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
         _check("drop_path_rate" not in self.kwargs, "model.kwargs", "set model.drop_path_rate")
+        _check(self.patch_size > 0, "model.patch_size", "must be > 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -136,6 +137,11 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         _check(self.n_layers >= 1, "heads.n_layers", "must be >= 1")
+        for key in ("n_prototypes", "ibot_n_prototypes"):
+            # One prototype makes every softmax 1 and both losses 0: nothing is learned.
+            _check(getattr(self, key) >= 2, f"heads.{key}", "must be >= 2")
+        for key in ("hidden_dim", "bottleneck_dim"):
+            _check(getattr(self, key) >= 1, f"heads.{key}", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -154,6 +160,18 @@ class LossConfig:
         _check(self.centering in ("sinkhorn_knopp", "softmax"), "loss.centering", "unknown")
         for key in ("dino_weight", "ibot_weight", "koleo_weight"):
             _check(getattr(self, key) >= 0, f"loss.{key}", "must be >= 0")
+        _check(
+            self.dino_weight > 0 or self.ibot_weight > 0 or self.koleo_weight > 0,
+            "loss.dino_weight",
+            "all loss weights are 0: nothing would be trained",
+        )
+        _check(self.student_temp > 0, "loss.student_temp", "must be > 0")
+        _check(0.0 <= self.center_momentum <= 1.0, "loss.center_momentum", "must be in [0, 1]")
+        _check(
+            self.centering != "sinkhorn_knopp" or self.sk_iters >= 1,
+            "loss.sk_iters",
+            "Sinkhorn-Knopp centering needs at least 1 iteration",
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -172,6 +190,10 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _tuple(self, "betas", 2)
         _check(self.base_lr > 0, "optim.base_lr", "must be > 0")
+        _check(0 <= self.min_lr <= self.base_lr, "optim.min_lr", "must be in [0, base_lr]")
+        # A negative norm flips every gradient (clip_grad_norm_ scales by max_norm / norm).
+        _check(self.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 = off)")
+        _check(self.weight_decay >= 0 and self.weight_decay_end >= 0, "optim.weight_decay", ">= 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -191,6 +213,9 @@ class ScheduleConfig:
         _tuple(self, "momentum", 2)
         _check(self.total_steps > 0, "schedule.total_steps", "must be > 0")
         _check(self.steps_per_epoch > 0, "schedule.steps_per_epoch", "must be > 0")
+        _check(all(t > 0 for t in self.teacher_temp), "schedule.teacher_temp", "must be > 0")
+        # m outside [0, 1] moves the EMA teacher away from the student.
+        _check(all(0 <= m <= 1 for m in self.momentum), "schedule.momentum", "must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -236,7 +261,9 @@ class TrainerConfig:
         _check(
             precision is not None,
             "trainer.precision",
-            f"{self.precision!r} is not one of {', '.join(sorted(set(_PRECISIONS.values())))}",
+            f"{self.precision!r} is not one of {', '.join(sorted(set(_PRECISIONS.values())))}"
+            " (bf16-true and 16-true are refused: half-precision weights round the EMA "
+            "teacher update away)",
         )
         # Lightning's short names are spelled out, so that code reading the config (the
         # optimiser choice, FSDP's mixed precision) sees one name per precision.
@@ -255,9 +282,11 @@ class TrainerConfig:
         )
 
 
-# trainer.precision values -> Lightning's full name of each.
+# trainer.precision values -> Lightning's full name of each. bf16-true and 16-true are left
+# out: with half-precision weights the EMA step (1 - m) (s - t), ~0.007 x the gap early and
+# 0 near the end, mostly rounds away, so the teacher would barely move.
 _PRECISIONS = {
-    **{name: name for name in ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true")},
+    **{name: name for name in ("32-true", "bf16-mixed", "16-mixed")},
     "32": "32-true",
     "bf16": "bf16-mixed",
     "16": "16-mixed",
@@ -273,6 +302,7 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         _check(self.every_n_steps > 0, "checkpoint.every_n_steps", "must be > 0")
+        _check(self.keep_last >= 0, "checkpoint.keep_last", "must be >= 0")
 
 
 _GROUPS: dict[str, type] = {
@@ -314,6 +344,22 @@ class PretrainConfig:
             "highres.steps",
             "must be smaller than schedule.total_steps",
         )
+        # Checked here, not when the high-res phase starts after the whole main phase.
+        sizes = {
+            "crops.global_size": self.crops.global_size,
+            "crops.local_size": self.crops.local_size,
+        }
+        if self.highres.steps:
+            sizes |= {
+                "highres.global_size": self.highres.global_size,
+                "highres.local_size": self.highres.local_size,
+            }
+        for key, size in sizes.items():
+            _check(
+                size % self.model.patch_size == 0,
+                key,
+                f"{size} px is not a multiple of model.patch_size ({self.model.patch_size})",
+            )
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> PretrainConfig:
