@@ -158,3 +158,20 @@ def test_ddp_rank_without_masked_crops_joins_ibot_centering(shard_index, tmp_pat
     assert rank0["ibot"] == 0.0
     assert rank1["ibot"] > 0.0
     assert rank1["ibot"] == pytest.approx(alone["ibot"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_ddp_with_ibot_off_trains(shard_index, tmp_path):
+    """With iBOT off the mask token gets no gradient; DDP must not stop at the first step
+    on the unused parameter (it did, advising a strategy name the config refuses)."""
+    two = {
+        **COMMON,
+        "loss.ibot_weight": 0.0,
+        "data.batch_size": 2,
+        "trainer.strategy": "ddp",
+        "trainer.devices": 2,
+    }
+    _launch(shard_index, tmp_path / "two", two, world=2)
+    metrics = pd.read_csv(tmp_path / "two" / "metrics.csv")
+    assert metrics["step"].tolist() == [1, 2, 3]
+    assert (metrics["ibot"] == 0.0).all()
