@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch._dynamo.utils import counters
 
+from unipipe.errors import ConfigError
 from unipipe.models import load_encoder
 from unipipe.ssl import PretrainConfig, run_pretrain
 from unipipe.ssl.data import PretrainDataModule
@@ -159,6 +160,40 @@ def test_latest_checkpoint_prefers_furthest_requeue_checkpoint(tmp_path):
     torch.save({"global_step": 12}, tmp_path / "hpc_ckpt_1.ckpt")
     torch.save({"global_step": 4}, tmp_path / "hpc_ckpt_2.ckpt")
     assert latest_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
+
+
+def test_latest_checkpoint_skips_unreadable_ones(tmp_path, caplog):
+    """A truncated last.ckpt and an empty requeue checkpoint (saves cut off by a kill) are
+    skipped, naming each file; the periodic checkpoint resumes the run. None readable is
+    a ConfigError, not a zip-reader traceback."""
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    torch.save({"global_step": 10}, ckpts / "step0000010.ckpt")
+    torch.save({"global_step": 20}, ckpts / "last.ckpt")
+    (ckpts / "last.ckpt").write_bytes((ckpts / "last.ckpt").read_bytes()[:100])
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == ckpts / "step0000010.ckpt"
+    assert "last.ckpt is unreadable" in caplog.text
+    assert "hpc_ckpt_1.ckpt is unreadable" in caplog.text
+    (ckpts / "step0000010.ckpt").unlink()
+    with pytest.raises(ConfigError, match="no checkpoint .* can be read"):
+        latest_checkpoint(tmp_path)
+
+
+def test_run_fingerprint_ignores_fields_that_do_not_change_training(shard_index):
+    """Workers, logging and checkpoint cadence keep a run's checkpoints; the lr does not."""
+    base = PretrainConfig.from_yaml(TINY_YAML, QUICK)
+    fingerprint = run_fingerprint(base, 0, shard_index)
+    for key, value in [
+        ("data.num_workers", 3),
+        ("checkpoint.every_n_steps", 7),
+        ("checkpoint.keep_last", 9),
+        ("trainer.log_every_n_steps", 1),
+    ]:
+        changed = PretrainConfig.from_yaml(TINY_YAML, {**QUICK, key: value})
+        assert run_fingerprint(changed, 0, shard_index) == fingerprint, key
+    other = PretrainConfig.from_yaml(TINY_YAML, {**QUICK, "optim.base_lr": 0.001})
+    assert run_fingerprint(other, 0, shard_index) != fingerprint
 
 
 def test_run_pretrain_changed_recipe_does_not_resume_old_checkpoints(shard_index, tmp_path):

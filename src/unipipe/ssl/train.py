@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from unipipe.errors import ConfigError
 from unipipe.models import build_vit, save_encoder
 from unipipe.provenance import atomic_path, file_sha256, to_jsonable, write_json, write_sidecar
 from unipipe.runtime import keep_freed_host_memory
@@ -63,7 +64,15 @@ _EXPECTED_WARNINGS = (
     r".*overridden `on_after_batch_transfer` in `LightningModule`.*",
     # FSDP2 on the backbone's CLS / patch views: nothing here modifies them in place.
     r".*returned a view tensor. An in-place op on this view.*",
+    # The sampler resumes by step (PretrainDataModule), which Lightning cannot see.
+    r".*train_dataloader.*not resumable.*",
 )
+# Recipe fields that do not change what is trained: changing them keeps the checkpoints.
+_FINGERPRINT_IGNORES = {
+    "data": ("num_workers", "pin_memory"),
+    "trainer": ("log_every_n_steps", "slurm_requeue"),
+    "checkpoint": ("every_n_steps", "keep_last"),
+}
 
 
 def _fsdp(config: PretrainConfig) -> Any:
@@ -90,7 +99,11 @@ def _fsdp(config: PretrainConfig) -> Any:
 def _ddp(config: PretrainConfig) -> Any:
     from lightning.pytorch.strategies import DDPStrategy
 
-    return DDPStrategy(find_unused_parameters=False)
+    # With iBOT off the mask token gets no gradient, with DINO off neither may the DINO
+    # head; DDP then has to look for unused parameters every step or it stops at the first.
+    loss = config.loss
+    unused = loss.ibot_weight == 0 or loss.dino_weight == 0
+    return DDPStrategy(find_unused_parameters=unused)
 
 
 # trainer.strategy name -> factory of the Lightning strategy.
@@ -187,8 +200,11 @@ def run_fingerprint(config: PretrainConfig, seed: int, source: ShardSource) -> s
     else:
         paths = [source] if isinstance(source, str | os.PathLike) else list(source)
         data = sorted(os.fspath(p) for p in paths)
+    recipe = config.to_dict()
+    for group, keys in _FINGERPRINT_IGNORES.items():
+        recipe[group] = {k: v for k, v in recipe[group].items() if k not in keys}
     payload = json.dumps(
-        {"config": to_jsonable(config.to_dict()), "seed": seed, "data": data}, sort_keys=True
+        {"config": to_jsonable(recipe), "seed": seed, "data": data}, sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -258,20 +274,45 @@ def build_trainer(
 
 
 def _checkpoint_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    # mmap: the weights stay on disk, only the step is read (ViT-L checkpoints are GBs).
+    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+
+
+def _readable_step(path: Path) -> int | None:
+    """The checkpoint's step, or None (with a warning naming it) if it cannot be read."""
+    try:
+        return _checkpoint_step(path)
+    except Exception as err:  # a save cut off by a kill or a full disk: truncated or empty
+        logger.warning("checkpoint %s is unreadable (%s); resuming from another one", path, err)
+        return None
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The newest of checkpoints/last.ckpt and Lightning's SLURM requeue checkpoints.
+    """The furthest-on readable checkpoint: last.ckpt, SLURM requeue or periodic ones.
 
     On SLURM's pre-emption signal Lightning saves ``hpc_ckpt_<n>.ckpt`` in ``out_dir`` and
     requeues the job; the requeued run continues from whichever checkpoint is furthest on.
+    A checkpoint that cannot be read (a save cut off by a kill) is skipped with a warning,
+    so the periodic ``checkpoints/step*.ckpt`` still resume the run.
+
+    Raises:
+        ConfigError: checkpoints exist but none can be read.
     """
-    candidates = [out_dir / "checkpoints" / LAST_CKPT, *sorted(out_dir.glob("hpc_ckpt_*.ckpt"))]
-    existing = [p for p in candidates if p.exists()]
-    if not existing:
+    candidates = [
+        out_dir / "checkpoints" / LAST_CKPT,
+        *sorted(out_dir.glob("hpc_ckpt_*.ckpt")),
+        *sorted((out_dir / "checkpoints").glob("step*.ckpt")),
+    ]
+    steps = {p: _readable_step(p) for p in candidates if p.exists()}
+    readable = {p: step for p, step in steps.items() if step is not None}
+    if not readable:
+        if steps:
+            raise ConfigError(
+                f"no checkpoint in {out_dir} can be read ({', '.join(map(str, steps))}); "
+                "delete them to train from step 0"
+            )
         return None
-    return max(existing, key=_checkpoint_step)
+    return max(readable, key=readable.__getitem__)
 
 
 def export_teacher(
