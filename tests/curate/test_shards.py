@@ -363,3 +363,14 @@ def test_chain_tiles_selection_shards(svs_path: Path, tmp_path: Path) -> None:
         for i in (0, 17, 39):
             x, y = int(selected["x"][i]), int(selected["y"][i])
             np.testing.assert_array_equal(dataset[i], slide.read_region(x, y, 256, 0.5))
+
+
+def test_patch_dataset_refuses_a_store_with_a_missing_shard_file(svs_path: Path, tmp_path: Path):
+    """A deleted shard file would read as black patches (Zarr's fill value) and pretraining
+    went on silently; the dataset now refuses the store, naming it and the fix."""
+    selected = _selected(svs_path, [(256, 0.5)], 11)
+    store = _write(svs_path, tmp_path, selected, ShardParams(patches_per_shard=4))
+    assert len(PatchDataset([store])) == 11
+    (store / "patches" / "c" / "1" / "0" / "0" / "0").unlink()
+    with pytest.raises(UnipipeError, match=r"1 shard file\(s\) missing \(c/1/0/0/0\).*rerun"):
+        PatchDataset([store])

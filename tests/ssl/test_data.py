@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -106,3 +108,16 @@ def test_multicrop_collate_masks_same_across_rank_split(shard_index, tiny_cfg):
         collate(items[2:])["masks"].view(2, 2, 49),
     ]
     assert torch.equal(torch.cat(halves, dim=1), whole)
+
+
+def test_open_patches_resolves_relative_store_paths_from_the_index_folder(
+    shard_index, tmp_path, monkeypatch
+):
+    """A build_dataset index whose shard_zarr paths are relative to its own folder opens
+    from any working directory (it failed with 'cmu_0.zarr does not exist')."""
+    table = pd.read_parquet(shard_index)
+    table["shard_zarr"] = [Path(p).name for p in table["shard_zarr"]]
+    relative = shard_index.with_name("relative.parquet")
+    table.to_parquet(relative)
+    monkeypatch.chdir(tmp_path)
+    assert len(open_patches(relative)) == len(open_patches(shard_index)) == 176

@@ -107,12 +107,21 @@ class FastShardArray:
         state["_fds"], state["_indexes"] = {}, {}
         return state
 
+    def _shard_path(self, shard: int) -> Path:
+        return self.array_dir / self._separator.join(
+            ["c", str(shard), *("0" * (len(self.shape) - 1))]
+        )
+
+    def missing_shards(self) -> list[Path]:
+        """Shard files of this array that do not exist (Zarr reads them as fill values)."""
+        n_shards = -(-self.shape[0] // self.per_shard)
+        return [path for k in range(n_shards) if not (path := self._shard_path(k)).exists()]
+
     def _shard_fd(self, shard: int) -> int | None:
         fd = self._fds.get(shard)
         if fd is None:
-            key = self._separator.join(["c", str(shard), *("0" * (len(self.shape) - 1))])
             try:
-                fd = os.open(self.array_dir / key, os.O_RDONLY)
+                fd = os.open(self._shard_path(shard), os.O_RDONLY)
             except FileNotFoundError:
                 return None
             self._fds[shard] = fd

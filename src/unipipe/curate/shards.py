@@ -250,6 +250,19 @@ def _group_for(shard_zarr: str, spec: TileSpec | str | None) -> str:
     )
 
 
+def _refuse_missing_shards(array: FastShardArray) -> None:
+    """write_shards writes every patch, so a missing shard file is damage, not empty space:
+    Zarr would return its patches as black images and training would go on silently."""
+    missing = array.missing_shards()
+    if missing:
+        raise ShardLayoutError(
+            f"{array.array_dir.parent}: {len(missing)} shard file(s) missing "
+            f"({', '.join(str(p.relative_to(array.array_dir)) for p in missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}); the store is damaged: delete it and "
+            "rerun the workflow to rewrite it (write_shards)"
+        )
+
+
 class PatchDataset:
     """Map-style dataset of the patches of one or more stores: ``[i] -> (H, W, 3) uint8``.
 
@@ -286,6 +299,12 @@ class PatchDataset:
             root = zarr.open_group(store, mode="r")
             group = root[group_path] if group_path else root
             n = group["patches"].shape[0]
+            try:
+                direct = FastShardArray(Path(store) / group_path / "patches")
+            except ShardLayoutError:  # another layout: zarr-python reads it as Zarr does
+                direct = None
+            if direct is not None:  # checked before any training or embedding starts
+                _refuse_missing_shards(direct)
             frame = pd.DataFrame({c: group[c][:] for c in METADATA_COLUMNS if c != "slide_id"})
             frame.insert(0, "slide_id", str(root.attrs.get("slide_id", "")))
             frames.append(frame)
@@ -319,6 +338,7 @@ class PatchDataset:
                     reader = FastShardArray(path)
                 except ShardLayoutError as err:
                     logger.info("direct shard reads off for %s: %s", path, err)
+
             if reader is None:
                 reader = zarr.open_array(path, mode="r")
             self._readers[k] = reader
@@ -348,7 +368,14 @@ def _resolve_source(
             index = index[index["spec"] == name]
         else:
             index = index[index["group"] == ""]
-        return list(zip(index["shard_zarr"].astype(str), index["group"].astype(str), strict=True))
+        # Relative store paths: as given if they exist from here, else from the index's folder
+        # (an index moved together with its stores), as unipipe.ssl.data.shard_paths does.
+        folder = Path(source).parent
+        stores = [
+            s if Path(s).exists() or Path(s).is_absolute() else os.fspath(folder / s)
+            for s in index["shard_zarr"].astype(str)
+        ]
+        return list(zip(stores, index["group"].astype(str), strict=True))
     if isinstance(source, str | os.PathLike):
         source = [source]
     return [(os.fspath(s), _group_for(os.fspath(s), spec)) for s in source]
