@@ -47,13 +47,21 @@ def test_compute_losses_term_off_when_weight_zero(shard_index, weights, zero_ter
     assert losses["total"].requires_grad
 
 
-def test_compute_losses_dino_near_log_k_at_init(shard_index):
-    """At init the student is near-uniform over K prototypes, so the DINO loss is about log K."""
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compute_losses_dino_near_log_k_at_init(shard_index, seed):
+    """At init the student is near-uniform over K prototypes, so the DINO loss is about log K.
+
+    Not exactly: cosine logits at student temperature 0.1 spread over +-10, which puts the
+    cross-entropy 8-12% above log K (4.50-4.65 for K = 64 over seeds 0-5). The init is
+    seeded: unseeded, the test passed or failed with the order the tests ran in.
+    """
     kwargs = {"img_size": 112, "depth": 4, "init_values": 1e-5}  # UNI's LayerScale start
     cfg = PretrainConfig.from_yaml(TINY_YAML, {**SMALL, "model.kwargs": kwargs})
+    torch.manual_seed(seed)
     module = DINOv2Module(cfg, global_batch=4)
     losses = module.compute_losses(_batch(shard_index, cfg), step=0)
-    assert float(losses["dino"]) == pytest.approx(torch.log(torch.tensor(64.0)).item(), rel=0.1)
+    log_k = float(torch.log(torch.tensor(64.0)))
+    assert log_k <= float(losses["dino"]) < 1.15 * log_k
 
 
 def test_update_teacher_is_ema_of_student():
