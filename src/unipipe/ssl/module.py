@@ -154,9 +154,6 @@ class DINOv2Module(L.LightningModule):
         sharded alike, so the EMA update works on matching local shards. With bf16-mixed
         the all-gathered weights are bf16 and gradients are reduced in fp32. Other
         strategies set no device mesh and leave the model as it is.
-
-        The optimiser state in an FSDP checkpoint is keyed by parameter name (torch's
-        distributed format), so an FSDP run resumes under FSDP only, not under DDP.
         """
         mesh = self.device_mesh
         if mesh is None or self._sharded:
