@@ -121,3 +121,42 @@ def test_open_patches_resolves_relative_store_paths_from_the_index_folder(
     table.to_parquet(relative)
     monkeypatch.chdir(tmp_path)
     assert len(open_patches(relative)) == len(open_patches(shard_index)) == 176
+
+
+@pytest.mark.parametrize("damage", ["empty_index", "garbage_index", "zarr_json", "chunk"])
+def test_open_patches_damaged_files_name_the_file_and_the_fix(shard_index, tmp_path, damage):
+    """An empty or non-parquet index, a broken zarr.json and a corrupt patch chunk each
+    raise an error naming the file and how to rebuild it (they were bare pyarrow, JSON and
+    zstd errors without a path)."""
+    import shutil
+
+    from unipipe.errors import UnipipeError
+
+    table = pd.read_parquet(shard_index)
+    store = tmp_path / "cmu_0.zarr"
+    shutil.copytree(table["shard_zarr"].iloc[0], store)
+    index = tmp_path / "index.parquet"
+    table.iloc[:1].assign(shard_zarr=str(store)).to_parquet(index)
+    named = index
+    if damage == "empty_index":
+        index.write_bytes(b"")
+    elif damage == "garbage_index":
+        index.write_bytes(b"not a parquet file at all" * 10)
+    elif damage == "zarr_json":
+        named = store / "patches" / "zarr.json"
+        named.write_text("{ broken")
+        named = store
+    else:
+        named = store / "patches" / "c" / "0" / "0" / "0" / "0"
+        raw = bytearray(named.read_bytes())
+        raw[0:16] = bytes(16)  # the first patch's zstd frame header; the shard index intact
+        named.write_bytes(bytes(raw))
+
+    def read_all() -> None:
+        patches = open_patches(index)
+        for i in range(len(patches)):
+            patches[i]
+
+    with pytest.raises(UnipipeError, match=r"rebuild|rerun") as err:
+        read_all()
+    assert str(named) in str(err.value)

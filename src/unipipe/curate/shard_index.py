@@ -158,7 +158,13 @@ class FastShardArray:
             if nbytes != out.nbytes or os.preadv(fd, [out], int(offset)) != out.nbytes:
                 raise ShardLayoutError(f"{self.array_dir}: patch {i} has {nbytes} bytes")
         else:
-            self._decode(os.pread(fd, int(nbytes), int(offset)), out=out)
+            try:
+                self._decode(os.pread(fd, int(nbytes), int(offset)), out=out)
+            except Exception as err:  # the codec's own error names neither file nor patch
+                raise ShardLayoutError(
+                    f"{self._shard_path(shard)}: patch {i} cannot be decoded ({err}); the "
+                    "store is damaged: delete it and rerun the workflow to rewrite it"
+                ) from err
         return out
 
     def close(self) -> None:

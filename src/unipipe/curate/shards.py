@@ -296,16 +296,25 @@ class PatchDataset:
         self.transform = transform
         frames, counts = [], []
         for store, group_path in sources:
-            root = zarr.open_group(store, mode="r")
-            group = root[group_path] if group_path else root
-            n = group["patches"].shape[0]
+            try:
+                root = zarr.open_group(store, mode="r")
+                group = root[group_path] if group_path else root
+                n = group["patches"].shape[0]
+                columns = {c: group[c][:] for c in METADATA_COLUMNS if c != "slide_id"}
+            except FileNotFoundError:
+                raise
+            except Exception as err:  # broken zarr.json, a missing array, a bad chunk
+                raise ShardLayoutError(
+                    f"{store}: not a readable patch store ({type(err).__name__}: {err}); "
+                    "delete it and rerun the workflow to rewrite it (write_shards)"
+                ) from err
             try:
                 direct = FastShardArray(Path(store) / group_path / "patches")
             except ShardLayoutError:  # another layout: zarr-python reads it as Zarr does
                 direct = None
             if direct is not None:  # checked before any training or embedding starts
                 _refuse_missing_shards(direct)
-            frame = pd.DataFrame({c: group[c][:] for c in METADATA_COLUMNS if c != "slide_id"})
+            frame = pd.DataFrame(columns)
             frame.insert(0, "slide_id", str(root.attrs.get("slide_id", "")))
             frames.append(frame)
             counts.append(n)
@@ -356,13 +365,26 @@ class PatchDataset:
         return patch if self.transform is None else self.transform(patch)
 
 
+def read_index_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A dataset index parquet, or an error naming it when it is empty or not parquet."""
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # pyarrow's ArrowInvalid names no file
+        raise ConfigError(
+            f"{path}: cannot be read as a shard index ({err}); rebuild it with the "
+            "build_dataset rule (delete the file and rerun the workflow)"
+        ) from err
+
+
 def _resolve_source(
     source: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     spec: TileSpec | str | None,
 ) -> list[tuple[str, str]]:
     """(store, group) pairs of the stores to read, in order."""
     if isinstance(source, str | os.PathLike) and os.fspath(source).endswith(".parquet"):
-        index = pd.read_parquet(source)
+        index = read_index_parquet(source)
         if spec is not None:
             name = spec.name if isinstance(spec, TileSpec) else spec
             index = index[index["spec"] == name]

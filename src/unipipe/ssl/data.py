@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import pandas as pd
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from unipipe.curate.shards import PatchDataset
+from unipipe.curate.shards import PatchDataset, read_index_parquet
 from unipipe.errors import ConfigError
 from unipipe.ssl.augment import MultiCrop
 from unipipe.ssl.config import PretrainConfig
@@ -41,7 +39,7 @@ def shard_paths(source: ShardSource) -> list[Path]:
     """
     if isinstance(source, str | os.PathLike) and os.fspath(source).endswith(".parquet"):
         index = Path(source)
-        table = pd.read_parquet(index)
+        table = read_index_parquet(index)
         column = "shard_zarr" if "shard_zarr" in table.columns else "shard"
         if column not in table.columns:
             raise ConfigError(
@@ -65,7 +63,7 @@ def open_patches(source: ShardSource) -> Dataset:
     index with a ``shard`` column, reads each store's root spec too.
     """
     if isinstance(source, str | os.PathLike) and os.fspath(source).endswith(".parquet"):
-        columns = pq.read_schema(source).names
+        columns = read_index_parquet(source).columns
         if {"shard_zarr", "group"} <= set(columns):
             return PatchDataset(source)
     return PatchDataset([os.fspath(p) for p in shard_paths(source)])
