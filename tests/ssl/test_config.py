@@ -74,6 +74,13 @@ def test_from_yaml_lists_become_tuples_and_config_is_frozen():
         ({"crops.global_size": 100}, "crops.global_size"),
         ({"highres.steps": 1, "highres.global_size": 100}, "highres.global_size"),
         ({"checkpoint.keep_last": -5}, "checkpoint.keep_last"),
+        ({"trainer.devices": 0}, "trainer.devices"),
+        ({"trainer.num_nodes": 0}, "trainer.num_nodes"),
+        ({"data.num_workers": -1}, "data.num_workers"),
+        ({"augment.jitter_p": 5.0}, "augment.jitter_p"),
+        ({"crops.global_scale": [1.0, 0.1]}, "crops.global_scale"),
+        ({"crops.local_scale": [0.0, 0.0]}, "crops.local_scale"),
+        ({"data.batch_size": 1}, "data.batch_size"),
     ],
 )
 def test_from_yaml_bad_values_name_the_key(overrides, key):

@@ -230,6 +230,15 @@ def test_resolve_accelerator_falls_back_to_cpu_without_cuda(
     assert ("training on the CPU" in caplog.text) == (expected == "cpu")
 
 
+@pytest.mark.parametrize(("devices", "num_nodes"), [(8, 1), (1, 4)])
+def test_resolve_accelerator_refuses_cpu_for_a_multi_gpu_recipe(monkeypatch, devices, num_nodes):
+    """UNI's 8 GPUs x 4 nodes where CUDA is unusable would become 8 CPU processes per node
+    (or wait for nodes that never join); it is refused, naming the keys."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="trainer.devices"):
+        resolve_accelerator("gpu", devices=devices, num_nodes=num_nodes)
+
+
 @pytest.mark.slow
 def test_run_pretrain_compiled_backbone_matches_eager(shard_index, tmp_path):
     """trainer.compile (inductor, C++ on the CPU) trains 2 steps with the eager run's losses.

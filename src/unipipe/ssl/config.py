@@ -83,6 +83,9 @@ class CropConfig:
         _tuple(self, "local_scale", 2)
         _check(self.n_local >= 0, "crops.n_local", "must be >= 0")
         _check(self.global_size > 0 and self.local_size > 0, "crops.global_size", "must be > 0")
+        for key in ("global_scale", "local_scale"):
+            low, high = getattr(self, key)
+            _check(0.0 < low <= high <= 1.0, f"crops.{key}", "needs 0 < min <= max <= 1")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -107,6 +110,11 @@ class AugmentConfig:
         _check(
             self.photometric_on in ("worker", "device"), "augment.photometric_on", "worker|device"
         )
+        probs = {"flip_p": self.flip_p, "jitter_p": self.jitter_p}
+        probs |= {"grayscale_p": self.grayscale_p, "solarize_p": self.solarize_p}
+        probs |= {f"blur_p[{i}]": p for i, p in enumerate(self.blur_p)}
+        for key, prob in probs.items():
+            _check(0.0 <= prob <= 1.0, f"augment.{key}", "is a probability: must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -240,6 +248,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "data.batch_size", "must be > 0")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -257,6 +266,12 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _check(self.strategy in ("auto", "single", "ddp", "fsdp"), "trainer.strategy", "unknown")
+        _check(
+            self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1),
+            "trainer.devices",
+            "must be an int >= 1 or 'auto'",
+        )
+        _check(self.num_nodes >= 1, "trainer.num_nodes", "must be >= 1")
         precision = _PRECISIONS.get(str(self.precision))
         _check(
             precision is not None,
@@ -343,6 +358,12 @@ class PretrainConfig:
             self.highres.steps < self.schedule.total_steps,
             "highres.steps",
             "must be smaller than schedule.total_steps",
+        )
+        _check(
+            self.loss.koleo_weight == 0 or self.data.batch_size >= 2,
+            "data.batch_size",
+            "KoLeo is computed per device and needs 2 images there to find a neighbour; use "
+            "a batch of at least 2 or set loss.koleo_weight: 0",
         )
         # Checked here, not when the high-res phase starts after the whole main phase.
         sizes = {

@@ -173,16 +173,27 @@ def phases(config: PretrainConfig) -> list[tuple[int, int, int]]:
     return main + ([(total, hr.global_size, hr.local_size)] if hr.steps else [])
 
 
-def resolve_accelerator(requested: str) -> str:
+def resolve_accelerator(requested: str, *, devices: int | str = 1, num_nodes: int = 1) -> str:
     """The Lightning accelerator to use: a GPU request on a node without usable CUDA is CPU.
 
     A scheduler can hand a job a GPU that this process cannot use (a fake GPU resource in
     CI, a driver mismatch, a CPU-only torch build). Training then runs on the CPU, with a
-    warning, instead of Lightning refusing to start.
+    warning, instead of Lightning refusing to start. Not for a multi-GPU or multi-node
+    recipe, which would become that many CPU processes per node (or wait for nodes).
+
+    Raises:
+        ConfigError: a multi-device or multi-node GPU recipe where CUDA is not usable.
     """
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     wants_gpu = requested in ("gpu", "cuda") or (requested == "auto" and visible not in ("", "-1"))
     if wants_gpu and not torch.cuda.is_available():
+        if devices not in (1, "1", "auto") or num_nodes > 1:
+            raise ConfigError(
+                f"trainer.devices={devices} x trainer.num_nodes={num_nodes} asks for GPUs but "
+                "CUDA is not usable in this process (driver, CUDA_VISIBLE_DEVICES or a CPU "
+                "build of torch); fix the node, or set trainer.accelerator: cpu with "
+                "devices 1 to train here"
+            )
         logger.warning(
             "a GPU was requested (trainer.accelerator=%s, CUDA_VISIBLE_DEVICES=%r) but CUDA is "
             "not usable in this process; training on the CPU instead",
@@ -253,7 +264,7 @@ def build_trainer(
     )
     plugins = [SLURMEnvironment(auto_requeue=t.slurm_requeue)] if SLURMEnvironment.detect() else []
     return L.Trainer(
-        accelerator=resolve_accelerator(t.accelerator),
+        accelerator=resolve_accelerator(t.accelerator, devices=t.devices, num_nodes=t.num_nodes),
         devices=1 if t.strategy == "single" else t.devices,
         num_nodes=t.num_nodes,
         strategy=STRATEGIES[t.strategy](config),
