@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -11,6 +12,12 @@ from timm.models.vision_transformer import Attention
 from torch import nn
 
 __all__ = ["BackboneOutput", "MaskedViT", "subset_residual"]
+
+# Compiled trunks, kept off the module so that parameter names, state dicts and deep copies
+# (the teacher is one) are those of the eager model; a copy runs eagerly until compiled.
+_COMPILED_TRUNKS: weakref.WeakKeyDictionary[nn.Module, Callable[..., torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class BackboneOutput(NamedTuple):
@@ -177,6 +184,44 @@ class MaskedViT(nn.Module):
         """Number of transformer blocks."""
         return len(self.vit.blocks)
 
+    def compile_trunk(self) -> None:
+        """Compile :meth:`trunk` with inductor, one static graph per crop shape and mode.
+
+        A run sees few shapes (global, local and the high-res phase's crops; the loader
+        drops incomplete batches), and dynamic shapes fail: inductor cannot schedule the
+        batch-subset drop path once the batch size is symbolic ("topological sort did not
+        consume all nodes", torch 2.14). The last block stays eager: its token selection
+        depends on the masks, which would break the graph every step.
+        """
+        _COMPILED_TRUNKS[self] = torch.compile(self.trunk, dynamic=False)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether :meth:`compile_trunk` was called on this module."""
+        return self in _COMPILED_TRUNKS
+
+    def _drop_rates(self) -> list[float]:
+        return [rate if self.training else 0.0 for rate in self.drop_rates]
+
+    def trunk(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (B, T, D) after every block but the last (not normalised).
+
+        Args:
+            images: (B, 3, H, W) crops.
+            masks: (B, h*w) bool, patches replaced by the mask token (iBOT).
+        """
+        vit = self.vit
+        x = vit.patch_embed(images)  # (B, h, w, D) with dynamic_img_size
+        if masks is not None:
+            grid = masks.view(x.shape[0], x.shape[1], x.shape[2], 1)
+            x = torch.where(grid, self.mask_token.to(x.dtype).view(1, 1, 1, -1), x)
+        x = vit._pos_embed(x)  # (B, prefix + N, D), pos-embed interpolated to (h, w)
+        x = vit.norm_pre(vit.patch_drop(x))
+        blocks = list(vit.blocks)[:-1]
+        for block, rate in zip(blocks, self._drop_rates()[:-1], strict=True):
+            x = block.subset_forward(x, rate)
+        return x
+
     def forward(
         self,
         images: torch.Tensor,
@@ -193,18 +238,10 @@ class MaskedViT(nn.Module):
                 :func:`_selected_block_forward`) and ``patch`` is ``(M, D)``.
         """
         vit = self.vit
-        x = vit.patch_embed(images)  # (B, h, w, D) with dynamic_img_size
-        if masks is not None:
-            grid = masks.view(x.shape[0], x.shape[1], x.shape[2], 1)
-            x = torch.where(grid, self.mask_token.to(x.dtype).view(1, 1, 1, -1), x)
-        x = vit._pos_embed(x)  # (B, prefix + N, D), pos-embed interpolated to (h, w)
-        x = vit.norm_pre(vit.patch_drop(x))
-        rates = [rate if self.training else 0.0 for rate in self.drop_rates]
-        blocks = list(vit.blocks)
+        x = _COMPILED_TRUNKS.get(self, self.trunk)(images, masks)
+        last, rate = vit.blocks[-1], self._drop_rates()[-1]
         if select is None:
-            for block, rate in zip(blocks, rates, strict=True):
-                x = block.subset_forward(x, rate)
-            x = vit.norm(x)
+            x = vit.norm(last.subset_forward(x, rate))
             return BackboneOutput(cls=x[:, 0], patch=x[:, vit.num_prefix_tokens :])
 
         prefix = vit.num_prefix_tokens
@@ -212,9 +249,7 @@ class MaskedViT(nn.Module):
         needed[:, 0] = True  # CLS; register tokens serve only as keys and values
         needed[:, prefix:] = select
         flat = needed.flatten().nonzero().squeeze(1)  # (M + B,) row-major
-        for block, rate in zip(blocks[:-1], rates[:-1], strict=True):
-            x = block.subset_forward(x, rate)
-        out = vit.norm(blocks[-1].selected_forward(x, rates[-1], flat))  # (M + B, D)
+        out = vit.norm(last.selected_forward(x, rate, flat))  # (M + B, D)
         counts = needed.sum(dim=1)
         is_cls = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
         is_cls[counts.cumsum(0) - counts] = True  # each sample's first needed token

@@ -88,9 +88,9 @@ class DINOv2Module(L.LightningModule):
         self.last_metrics: dict[str, float] = {}
         self._step = 0  # optimiser step being computed (0-based)
         self._sharded = False  # set by configure_model under FSDP
-        if config.trainer.compile:  # in place: parameter names (and checkpoints) unchanged
-            self.student["backbone"].compile()
-            self.teacher["backbone"].compile()
+        if config.trainer.compile:  # parameter names (and checkpoints) unchanged
+            self.student["backbone"].compile_trunk()
+            self.teacher["backbone"].compile_trunk()
 
     def train(self, mode: bool = True) -> DINOv2Module:
         """Switch the student's mode; the teacher always stays in eval mode (no drop path)."""
@@ -258,12 +258,8 @@ class DINOv2Module(L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """CLS tokens (B, D) and the ``select``-ed patch tokens (M, D) of one backbone pass.
 
-        The last block runs only on these tokens; a compiled backbone takes the full pass
-        instead (the data-dependent selection would break dynamo's graph every step).
+        The last block runs only on these tokens.
         """
-        if self.config.trainer.compile:
-            out = model["backbone"](images, masks)
-            return out.cls, out.patch[select]
         out = model["backbone"](images, masks, select=select)
         return out.cls, out.patch
 
