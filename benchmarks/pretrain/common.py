@@ -74,7 +74,8 @@ def training_step_fn(module: DINOv2Module, batch: dict, *, device: str, dtype: t
         with autocast:
             losses = module.compute_losses(batch, step=0)
         losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(module.student.parameters(), 3.0)
+        for part in module.student.values():  # as the module clips: each part on its own
+            torch.nn.utils.clip_grad_norm_(part.parameters(), 3.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         module.update_teacher(0.994)

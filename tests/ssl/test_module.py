@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,7 +15,7 @@ from unipipe.ssl.backbone import _plain_attention
 from unipipe.ssl.config import PretrainConfig
 from unipipe.ssl.data import MultiCropCollate, MultiCropDataset, PretrainDataModule, open_patches
 from unipipe.ssl.losses import dino_cls_loss, ibot_patch_loss, sinkhorn_knopp
-from unipipe.ssl.module import DINOv2Module, TrainingDivergedError
+from unipipe.ssl.module import DINOv2Module, TrainingDivergedError, apply_schedules
 from unipipe.ssl.train import build_trainer
 
 from .conftest import TINY_YAML
@@ -104,18 +109,57 @@ def test_training_step_nan_stops_naming_step_and_term(shard_index, tmp_path):
     assert last["global_step"] == 2
 
 
-def test_prototype_layer_frozen_in_first_epoch():
-    """Before freeze_last_layer_epochs the prototype grads are dropped; other grads are kept."""
-    cfg = PretrainConfig.from_yaml(TINY_YAML, SMALL)
+def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1's NaN term stops rank 0 too, in the same step (2 gloo processes)."""
+    worker = Path(__file__).with_name("finite_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(tmp_path / "init"), str(r), str(tmp_path / f"{r}")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in (0, 1)
+    ]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output.decode()[-3000:]
+    rank0, rank1 = ((tmp_path / f"{r}").read_text() for r in (0, 1))
+    assert "on another rank at step 7" in rank0
+    assert "ibot=nan, total=nan at step 7" in rank1
+
+
+def test_prototype_layer_frozen_in_first_epoch_by_lr_zero():
+    """During freeze_last_layer_epochs the prototype layers get lr 0, as in DINOv2: AdamW
+    keeps their moments but moves neither them nor (decoupled decay) their norm; every
+    other group follows lr(step) x its multiplier, and the prototypes do after the freeze."""
+    cfg = PretrainConfig.from_yaml(
+        TINY_YAML, {**SMALL, "schedule.steps_per_epoch": 3, "schedule.warmup_epochs": 0}
+    )
     module = DINOv2Module(cfg, global_batch=4)
     optimizer = module.configure_optimizers()
+    protos = module.student["dino_head"].last_layer.parametrizations.weight.original1
+    cls_token = module.student["backbone"].vit.cls_token
     for p in module.student.parameters():
         if p.requires_grad:
             p.grad = torch.ones_like(p)
-    module.on_before_optimizer_step(optimizer)  # global_step is 0 outside a trainer
-    protos = module.student["dino_head"].last_layer.parametrizations.weight.original1
-    assert protos.grad is None
-    assert module.student["backbone"].vit.cls_token.grad is not None
+    apply_schedules(optimizer, module.schedules, step=2)  # last step of the first epoch
+    lr = module.schedules.lr(2)
+    for group in optimizer.param_groups:
+        expected = 0.0 if group["is_last_layer"] else lr * group["lr_mult"]
+        assert group["lr"] == pytest.approx(expected)
+    assert any(group["is_last_layer"] for group in optimizer.param_groups)
+    before, cls_before = protos.detach().clone(), cls_token.detach().clone()
+    optimizer.step()
+    torch.testing.assert_close(protos.detach(), before, rtol=0, atol=0)
+    assert not torch.equal(cls_token.detach(), cls_before)
+    assert optimizer.state[protos]["exp_avg"].abs().sum() > 0  # moments still accumulate
+    apply_schedules(optimizer, module.schedules, step=3)
+    last = [g for g in optimizer.param_groups if g["is_last_layer"]]
+    assert all(g["lr"] == pytest.approx(module.schedules.lr(3) * g["lr_mult"]) for g in last)
+    optimizer.step()
+    assert not torch.equal(protos.detach(), before)
 
 
 def test_train_mode_keeps_teacher_in_eval():
@@ -184,32 +228,86 @@ def test_compute_losses_no_masked_crop_still_centres_ibot(shard_index):
     assert torch.isfinite(losses["total"])
 
 
+def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.grad for p in module.parameters() if p.grad is not None]
+
+
+def _part_norms(module: DINOv2Module) -> dict[str, float]:
+    return {
+        name: float(torch.nn.utils.get_total_norm(_grads(part)))
+        for name, part in module.student.items()
+    }
+
+
 @pytest.mark.parametrize(
     ("precision", "fused"), [("32-true", True), ("bf16-mixed", True), ("16-mixed", False)]
 )
-def test_gradient_clipping_caps_student_norm_with_fused_adamw(shard_index, precision, fused):
-    """The student's gradient norm is clipped to optim.clip_grad with the fused AdamW.
+def test_gradient_clipping_caps_each_student_part(shard_index, precision, fused):
+    """Backbone and head gradients are clipped to optim.clip_grad each on their own.
 
-    Lightning's own clipping refuses a fused optimiser under bf16 (and FSDP's plugin refuses
-    norm clipping); the module clips itself. Only fp16, whose gradients are still scaled
-    at this point, keeps the per-tensor AdamW and Lightning's unscale-then-clip path.
+    As in DINOv2: one norm over the whole student would let the head's larger gradients
+    shrink a backbone step that is under the limit. Lightning's own clipping refuses the
+    fused AdamW under bf16 and norm clipping under FSDP, so the module clips itself; with
+    fp16 Lightning unscales the gradients before this hook.
     """
     cfg = PretrainConfig.from_yaml(TINY_YAML, {**SMALL, "trainer.precision": precision})
     module = DINOv2Module(cfg, global_batch=4)
     optimizer = module.configure_optimizers()
     assert bool(optimizer.defaults["fused"]) is fused
-    module.compute_losses(_batch(shard_index, cfg), step=0)["total"].mul(1e3).backward()
-    grads = [p.grad for p in module.student.parameters() if p.grad is not None]
-    assert torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) > 1.0
-    if not fused:
-        return  # Lightning's clip_gradients needs an attached Trainer
+    module.compute_losses(_batch(shard_index, cfg), step=0)["total"].backward()
+    backbone = module.student["backbone"]
+    with torch.no_grad():  # head far over the limit, backbone under it
+        head_scale = 1e3 / _part_norms(module)["dino_head"]
+        for g in _grads(module.student["dino_head"]):
+            g.mul_(head_scale)
+        scale = 0.5 / _part_norms(module)["backbone"]
+        for g in _grads(backbone):
+            g.mul_(scale)
+    before = [g.clone() for g in _grads(backbone)]
     module.configure_gradient_clipping(optimizer, 1.0, "norm")
-    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
-    assert float(norm) == pytest.approx(1.0, rel=1e-4)
+    norms = _part_norms(module)
+    assert norms["dino_head"] == pytest.approx(1.0, rel=1e-4)
+    for b, g in zip(before, _grads(backbone), strict=True):
+        torch.testing.assert_close(g, b, rtol=0, atol=0)  # under the limit: untouched
     module.configure_gradient_clipping(optimizer, 0.0, "norm")  # 0 = no clipping
-    assert float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) == (
-        pytest.approx(float(norm))
+    assert _part_norms(module)["dino_head"] == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("clip", [3.0, 0.0])
+def test_non_finite_gradient_stops_before_the_optimiser_step(clip):
+    """A NaN gradient with finite losses stops training, naming the student part and step;
+    clipping would otherwise spread it over the part (NaN norm) and AdamW write it into
+    the weights that the next checkpoint saves."""
+    module = DINOv2Module(PretrainConfig.from_yaml(TINY_YAML, SMALL), global_batch=4)
+    optimizer = module.configure_optimizers()
+    for p in module.student.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    module.student["backbone"].vit.cls_token.grad[0, 0, 0] = float("nan")
+    with pytest.raises(TrainingDivergedError, match=r"backbone=nan.* at step 0"):
+        module.configure_gradient_clipping(optimizer, clip, "norm")
+
+
+def test_non_finite_gradient_keeps_the_last_good_checkpoint(shard_index, tmp_path):
+    """Through Lightning: the step with a NaN gradient raises and is not saved."""
+
+    class _NanGradient(DINOv2Module):
+        def on_after_backward(self) -> None:
+            if self.global_step >= 2:
+                self.student["dino_head"].mlp[0].weight.grad.fill_(float("nan"))
+
+    cfg = PretrainConfig.from_yaml(
+        TINY_YAML,
+        {**SMALL, "schedule.total_steps": 5, "checkpoint.every_n_steps": 1, "data.num_workers": 0},
     )
+    trainer = build_trainer(cfg, out_dir=tmp_path, max_steps=5, metrics_path=tmp_path / "m.csv")
+    data = PretrainDataModule(shard_index, config=cfg, seed=0, total_steps=5)
+    with pytest.raises(TrainingDivergedError, match=r"dino_head=nan.* at step 2"):
+        trainer.fit(_NanGradient(cfg, global_batch=4), datamodule=data)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 2
+    weights = last["state_dict"]["student.dino_head.mlp.0.weight"]
+    assert torch.isfinite(weights).all()
 
 
 @pytest.mark.parametrize("crops", ["global_crops", "local_crops"])

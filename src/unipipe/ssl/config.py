@@ -192,7 +192,7 @@ class OptimConfig:
     weight_decay_end: float = 0.4
     layerwise_decay: float = 0.9
     patch_embed_lr_mult: float = 0.2
-    clip_grad: float = 3.0  # global L2 norm, 0 = off
+    clip_grad: float = 3.0  # L2 norm of each student part (backbone, each head), 0 = off
     betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self) -> None:

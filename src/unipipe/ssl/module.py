@@ -24,6 +24,7 @@ from unipipe.ssl.losses import (
     koleo_loss,
     sinkhorn_knopp,
 )
+from unipipe.ssl.losses.centering import all_reduce_sum
 from unipipe.ssl.masking import seeded_generator
 from unipipe.ssl.optim import param_groups
 from unipipe.ssl.photometric import photometric
@@ -31,7 +32,13 @@ from unipipe.ssl.schedules import Schedules
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DINOv2Module", "TrainingDivergedError", "build_student"]
+__all__ = [
+    "DINOv2Module",
+    "TrainingDivergedError",
+    "apply_schedules",
+    "build_student",
+    "check_finite_losses",
+]
 
 
 class TrainingDivergedError(UnipipeError, FloatingPointError):
@@ -61,6 +68,45 @@ def build_student(config: PretrainConfig) -> nn.ModuleDict:
             backbone.embed_dim, n_prototypes=h.ibot_n_prototypes, **head_kw
         )
     return student
+
+
+def check_finite_losses(losses: dict[str, torch.Tensor], step: int) -> None:
+    """Raise on every rank when any rank has a NaN or infinite loss term.
+
+    All ranks stop together: a rank that stopped alone would leave the others waiting in the
+    gradient all-reduce until the process group times out.
+
+    Raises:
+        TrainingDivergedError: naming the step and this rank's non-finite terms.
+    """
+    values = torch.stack([v.detach().float() for v in losses.values()])
+    n_bad = all_reduce_sum((~torch.isfinite(values)).sum().float())  # one device sync
+    if float(n_bad) > 0:
+        bad = [f"{k}={float(v)}" for k, v in losses.items() if not math.isfinite(float(v))]
+        where = ", ".join(bad) if bad else "on another rank"
+        raise TrainingDivergedError(
+            f"non-finite loss term(s) {where} at step {step}; training stopped and "
+            "the last good checkpoint is kept (lower optim.base_lr or check the data)"
+        )
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    full_tensor = getattr(tensor, "full_tensor", None)  # a DTensor under FSDP2
+    return full_tensor() if full_tensor is not None else tensor
+
+
+def apply_schedules(optimizer: torch.optim.Optimizer, schedules: Schedules, step: int) -> None:
+    """Set every parameter group's lr and weight decay for optimiser step ``step``.
+
+    The prototype layers get lr 0 while they are frozen, as in DINOv2: their gradients
+    still count in the head's clipping norm and in AdamW's moments, and with lr 0 AdamW
+    moves them neither by the gradient nor by its decoupled weight decay.
+    """
+    lr, wd = schedules.lr(step), schedules.weight_decay(step)
+    frozen = schedules.last_layer_frozen(step)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0 if frozen and group["is_last_layer"] else lr * group["lr_mult"]
+        group["weight_decay"] = wd * group["wd_mult"]
 
 
 class DINOv2Module(L.LightningModule):
@@ -131,20 +177,39 @@ class DINOv2Module(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """Clip the student's gradient norm with torch's own function.
+        """Clip the gradient norm of each student part (backbone, each head) on its own.
 
-        Lightning's precision plugins refuse norm clipping with a fused optimiser (bf16) and
-        under FSDP; ``clip_grad_norm_`` is correct for both: on FSDP2's sharded DTensor
-        gradients it reduces the norm over all ranks. With fp16 the gradients are still
-        scaled here, so Lightning's own path (which unscales first) is kept.
+        As DINOv2 does: one norm over the whole student would let the 65,536-prototype
+        layer's large gradients shrink every backbone step. The prototype gradients count
+        during the first-epoch freeze too (their lr is 0 then, see ``_apply_schedules``).
+        With fp16, Lightning has unscaled the gradients before this hook, and the scaler
+        skips steps with overflowing ones, so only bf16 and fp32 stop on a non-finite norm.
+        torch's ``clip_grad_norm_`` is used because Lightning's precision plugins refuse
+        norm clipping with a fused optimiser and under FSDP; on FSDP2's sharded DTensor
+        gradients it reduces the norm over all ranks.
+
+        Raises:
+            TrainingDivergedError: a part's gradient norm is NaN or infinite (bf16, fp32).
         """
-        if not gradient_clip_val:
+        norms = {}
+        for name, part in self.student.items():
+            grads = [p for p in part.parameters() if p.grad is not None]
+            if grads and gradient_clip_val:
+                norms[name] = torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val, foreach=True)
+            elif grads and not self._grad_scaled:
+                norms[name] = torch.nn.utils.get_total_norm([p.grad for p in grads])
+        if self._grad_scaled or not norms:
             return
-        if self._grad_scaled:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            return
-        grads = [p for p in self.student.parameters() if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val, foreach=True)
+        # Under FSDP2 a norm is a DTensor reduced over the ranks; its full value is the same
+        # on every rank, so all ranks stop together.
+        values = torch.stack([_full(n).float() for n in norms.values()])  # one device sync
+        if not bool(torch.isfinite(values).all()):
+            bad = ", ".join(f"{k}={float(v)}" for k, v in zip(norms, values, strict=True))
+            raise TrainingDivergedError(
+                f"non-finite gradient norm ({bad}) at step {self._step} with finite losses; "
+                "training stopped before the optimiser step and the last good checkpoint is "
+                "kept (lower optim.base_lr, keep optim.clip_grad on, or check the data)"
+            )
 
     def configure_model(self) -> None:
         """Under ``trainer.strategy: fsdp``, shard student and teacher with FSDP2.
@@ -179,18 +244,7 @@ class DINOv2Module(L.LightningModule):
         self._sharded = True
 
     def _apply_schedules(self, step: int) -> None:
-        lr, wd = self.schedules.lr(step), self.schedules.weight_decay(step)
-        for group in self.optimizers().optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
-            group["weight_decay"] = wd * group["wd_mult"]
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Freeze the prototype layers early on (no grad, so AdamW skips them entirely)."""
-        if self.schedules.last_layer_frozen(self.global_step):
-            for group in optimizer.param_groups:
-                if group["is_last_layer"]:
-                    for p in group["params"]:
-                        p.grad = None
+        apply_schedules(self.optimizers().optimizer, self.schedules, step)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure=None):
         """The AdamW step, then the EMA teacher update t <- m t + (1 - m) s.
@@ -362,13 +416,7 @@ class DINOv2Module(L.LightningModule):
         )
         self._apply_schedules(step)
         losses = self.compute_losses(batch, step)
-        values = torch.stack([v.detach().float() for v in losses.values()])  # one device sync
-        if not bool(torch.isfinite(values).all()):
-            bad = [f"{k}={float(v)}" for k, v in losses.items() if not math.isfinite(float(v))]
-            raise TrainingDivergedError(
-                f"non-finite loss term(s) {', '.join(bad)} at step {step}; training stopped and "
-                "the last good checkpoint is kept (lower optim.base_lr or check the data)"
-            )
+        check_finite_losses(losses, step)
         metrics = {f"train/{k}": v.detach() for k, v in losses.items()}
         metrics.update(
             {
