@@ -81,6 +81,8 @@ def test_from_yaml_lists_become_tuples_and_config_is_frozen():
         ({"crops.global_scale": [1.0, 0.1]}, "crops.global_scale"),
         ({"crops.local_scale": [0.0, 0.0]}, "crops.local_scale"),
         ({"data.batch_size": 1}, "data.batch_size"),
+        ({"masking.max_aspect": 0.5}, "masking.max_aspect"),
+        ({"masking.min_patches": 0}, "masking.min_patches"),
     ],
 )
 def test_from_yaml_bad_values_name_the_key(overrides, key):

@@ -125,11 +125,14 @@ class MaskConfig:
     ratio_max: float = 0.5
     sample_prob: float = 0.5  # fraction of global crops that get a mask
     min_patches: int = 4  # smallest block, in patches
-    max_aspect: float = 3.0
+    max_aspect: float = 1 / 0.3  # DINOv2: block aspect ratios log-uniform in [0.3, 1 / 0.3]
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.ratio_min <= self.ratio_max < 1.0, "masking.ratio_min", "0<=min<=max<1")
         _check(0.0 <= self.sample_prob <= 1.0, "masking.sample_prob", "must be in [0, 1]")
+        _check(self.min_patches >= 1, "masking.min_patches", "must be >= 1")
+        # Aspects are drawn log-uniformly in [1 / max_aspect, max_aspect].
+        _check(self.max_aspect >= 1.0, "masking.max_aspect", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
