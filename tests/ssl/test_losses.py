@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +18,8 @@ from unipipe.ssl.losses import (
     koleo_loss,
     sinkhorn_knopp,
 )
+
+from . import centering_worker
 
 
 def test_dino_cls_loss_hand_worked_pairs():
@@ -129,3 +135,47 @@ def test_softmax_center_update_without_samples_keeps_center():
     before = center.center.clone()
     center.update(torch.zeros(0, 2))
     torch.testing.assert_close(center.center, before)
+
+
+@pytest.fixture(scope="module")
+def two_rank_centering(tmp_path_factory) -> list[dict[str, list[torch.Tensor]]]:
+    """Each rank's centres and Sinkhorn targets from centering_worker.py (2 gloo processes)."""
+    tmp = tmp_path_factory.mktemp("centering")
+    worker = Path(__file__).with_name("centering_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(tmp / "init"), str(r), str(tmp / f"{r}.pt")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in (0, 1)
+    ]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output.decode()[-3000:]
+    return [torch.load(tmp / f"{r}.pt") for r in (0, 1)]
+
+
+def test_softmax_center_two_ranks_equals_one_process(two_rank_centering):
+    """Under DDP the centre moves towards the mean over every rank's rows, as one process
+    would over the concatenated rows, also when one rank (or both) has none that step."""
+    reference = SoftmaxCenter(centering_worker.N_PROTOTYPES, momentum=centering_worker.MOMENTUM)
+    for step in range(len(centering_worker.SPLITS)):
+        reference.update(centering_worker.step_logits(step))
+        for rank in (0, 1):
+            got = two_rank_centering[rank]["centers"][step]
+            torch.testing.assert_close(got, reference.center, msg=f"rank {rank} step {step}")
+    assert not torch.equal(reference.center, torch.zeros_like(reference.center))
+
+
+def test_sinkhorn_knopp_two_ranks_equals_one_process(two_rank_centering):
+    """Each rank's targets are its rows of one process's targets over the concatenated rows:
+    the prototype masses are summed over ranks, a rank with no rows included."""
+    w = centering_worker
+    for step, (n0, _) in enumerate(w.SPLITS):
+        whole = sinkhorn_knopp(w.step_logits(step), w.TEMP, n_iters=w.SK_ITERS)
+        for rank, rows in enumerate((whole[:n0], whole[n0:])):
+            got = two_rank_centering[rank]["targets"][step]
+            torch.testing.assert_close(got, rows, msg=f"rank {rank} step {step}")
