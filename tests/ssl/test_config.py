@@ -56,7 +56,6 @@ def test_from_yaml_lists_become_tuples_and_config_is_frozen():
         ({"model.kwargs": {"drop_path_rate": 0.1}}, "model.kwargs"),
         ({"trainer.strategy": "fsdp", "trainer.precision": "16-mixed"}, "trainer.precision"),
         ({"trainer.strategy": "fsdp", "trainer.precision": "16"}, "trainer.precision"),
-        ({"trainer.strategy": "fsdp", "trainer.compile": True}, "trainer.compile"),
         ({"trainer.precision": "bf16-mix"}, "trainer.precision"),
         ({"trainer.precision": "bf16-true"}, "trainer.precision"),
         ({"optim.clip_grad": -1.0}, "optim.clip_grad"),

@@ -16,11 +16,14 @@ from unipipe.ssl.data import (
     GlobalBatchSampler,
     MultiCropCollate,
     MultiCropDataset,
+    PretrainDataModule,
+    check_phases,
     open_patches,
+    plan_phases,
     shard_paths,
 )
 
-from .conftest import TINY_YAML
+from .conftest import HIGHRES_SPEC, TINY_YAML, UNI_YAML
 
 
 def test_open_patches_index_or_shard_list_same_pixels(shard_index):
@@ -65,6 +68,40 @@ def test_global_batch_sampler_ranks_partition_the_global_batch():
         x for step in range(6) for x in r0[2 * step : 2 * step + 2] + r1[2 * step : 2 * step + 2]
     ]
     assert merged == full
+
+
+def test_global_batch_sampler_phase_starts_a_fresh_epoch_and_resumes_inside_it():
+    """A phase starting at step 2 over its own 5 patches begins a new permutation there
+    (positions keep counting from step 0), and resuming at step 4 yields its tail."""
+    phase = list(GlobalBatchSampler(5, seed=3, global_batch=4, total_steps=6, phase_start=2))
+    assert [p for p, _ in phase] == list(range(8, 24))
+    assert sorted(i for _, i in phase[:5]) == list(range(5))
+    assert sorted(i for _, i in phase[5:10]) == list(range(5))
+    resumed = GlobalBatchSampler(
+        5, seed=3, global_batch=4, start_step=4, total_steps=6, phase_start=2
+    )
+    assert list(resumed) == phase[8:]
+    ranks = [
+        list(
+            GlobalBatchSampler(
+                5, seed=3, global_batch=4, total_steps=6, phase_start=2, rank=r, world_size=2
+            )
+        )
+        for r in range(2)
+    ]
+    assert [x for s in range(4) for r in ranks for x in r[2 * s : 2 * s + 2]] == phase
+
+
+def test_global_batch_sampler_pass_starts_at_the_current_step():
+    """A second pass over the sampler (Lightning's next epoch) starts at the trainer's step
+    then, not again at the step the loader was made at."""
+    step = [2]
+    sampler = GlobalBatchSampler(
+        10, seed=3, global_batch=4, start_step=2, total_steps=6, current_step=lambda: step[0]
+    )
+    first = list(sampler)
+    step[0] = 4
+    assert list(sampler) == first[8:] == _stream()[16:]
 
 
 def test_global_batch_sampler_each_epoch_is_a_permutation():
@@ -160,3 +197,119 @@ def test_open_patches_damaged_files_name_the_file_and_the_fix(shard_index, tmp_p
     with pytest.raises(UnipipeError, match=r"rebuild|rerun") as err:
         read_all()
     assert str(named) in str(err.value)
+
+
+def test_open_patches_reads_the_named_tile_spec(shard_index):
+    """The 512-px spec (a sub-group of each store) is read by name from the index or from
+    the list of stores; without a name each store's root (256-px) spec is read."""
+    for source in (shard_index, shard_paths(shard_index)):
+        patches = open_patches(source, HIGHRES_SPEC)
+        assert len(patches) == 40
+        assert patches[39].shape == (512, 512, 3)
+        assert set(patches.metadata["size_px"]) == {512}
+    assert open_patches(shard_index)[0].shape == (256, 256, 3)
+
+
+@pytest.mark.parametrize("written", ["512px_0.5mpp", "512px_0.50mpp", {"size_px": 512, "mpp": 0.5}])
+def test_spec_keys_take_the_index_name_or_the_curation_mapping(written):
+    """highres.spec / data.spec accept the name the index uses or curate.tiling.specs'
+    {size_px, mpp}, and hold the index's name."""
+    cfg = PretrainConfig.from_yaml(TINY_YAML, {"highres.spec": written, "data.spec": written})
+    assert cfg.highres.spec == cfg.data.spec == "512px_0.5mpp"
+
+
+@pytest.mark.parametrize("written", ["512px", "512", {"size": 512}, "4px_0.5mpp"])
+def test_spec_keys_refuse_what_is_not_a_tile_spec(written):
+    """A value that names no tile spec is refused, naming the key and both spellings."""
+    with pytest.raises(ConfigError, match=r"'highres.spec'.*512px_0.5mpp.*size_px: 512"):
+        PretrainConfig.from_yaml(TINY_YAML, {"highres.spec": written})
+
+
+def test_high_res_datamodule_cuts_its_crops_from_512px_patches(shard_index):
+    """The high-res phase's data module reads the 512-px spec and serves its crop sizes;
+    the main phase's reads the 256-px root spec."""
+    cfg = PretrainConfig.from_yaml(
+        TINY_YAML,
+        {
+            "highres.steps": 2,
+            "schedule.total_steps": 4,
+            "data.batch_size": 2,
+            "data.num_workers": 0,
+        },
+    )
+    main, highres = plan_phases(cfg)
+    assert (highres.start, highres.end, highres.spec) == (2, 4, HIGHRES_SPEC)
+    shapes = {}
+    for phase in (main, highres):
+        data = PretrainDataModule(
+            shard_index, config=cfg, seed=0, total_steps=phase.end, phase=phase
+        )
+        data.setup()
+        shapes[phase.name] = data._patches[0].shape
+        batch = next(iter(data.train_dataloader()))
+        assert batch["global_crops"].shape[-1] == phase.global_size
+        assert int(batch["positions"][0]) == phase.start * 2  # no trainer: its first step
+    assert shapes == {"main": (256, 256, 3), "highres": (512, 512, 3)}
+
+
+def test_uni_recipe_cuts_its_high_res_crops_from_512px_patches(shard_index):
+    """UNI's recipe reads 256-px patches for 112,500 steps, then cuts its 448/192-px crops
+    from the 512-px ones for the last 12,500 (the demo curation writes both specs)."""
+    main, highres = check_phases(shard_index, PretrainConfig.from_yaml(UNI_YAML))
+    assert (main.phase.end, main.specs, main.n_patches) == (112_500, ("256px_0.5mpp",), 176)
+    assert (highres.phase.start, highres.specs, highres.n_patches) == (112_500, (HIGHRES_SPEC,), 40)
+    assert (highres.phase.global_size, highres.phase.local_size) == (448, 192)
+
+
+def test_check_phases_refuses_a_spec_no_store_holds(store_without_highres):
+    """A high-res spec missing from the store fails before training, naming the store,
+    the spec, the specs it holds and the fix."""
+    cfg = PretrainConfig.from_yaml(TINY_YAML, {"highres.steps": 2})
+    with pytest.raises(ConfigError) as err:
+        check_phases([store_without_highres], cfg)
+    message = str(err.value)
+    for part in (
+        "'highres.spec'",
+        str(store_without_highres),
+        "'512px_0.5mpp'",
+        "['256px_0.5mpp']",
+        "{size_px: 512, mpp: 0.5} to curate.tiling.specs",
+    ):
+        assert part in message, part
+    # The same recipe without a high-res phase does not read that spec.
+    check_phases([store_without_highres], PretrainConfig.from_yaml(TINY_YAML))
+
+
+def test_check_phases_leaves_out_a_store_without_the_spec_naming_it(
+    shard_index, store_without_highres, caplog
+):
+    """A store lacking the high-res spec while others hold it (a slide with no 512-px tile
+    that passed curation) is left out of that phase only, with a warning naming it."""
+    stores = [*shard_paths(shard_index), store_without_highres]
+    cfg = PretrainConfig.from_yaml(TINY_YAML, {"highres.steps": 2})
+    with caplog.at_level("WARNING", logger="unipipe.ssl.data"):
+        main, highres = check_phases(stores, cfg)
+    assert (main.n_stores, main.n_patches) == (3, 184)
+    assert (highres.n_stores, highres.n_patches) == (2, 40)
+    assert highres.stores_without_spec == (str(store_without_highres),)
+    assert str(store_without_highres) in caplog.text
+    assert len(open_patches(stores, HIGHRES_SPEC, key="highres.spec")) == 40
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        # UNI's high-res crops from the 256-px patches: the bug this check exists for.
+        ({"highres.spec": "256px_0.5mpp", "highres.global_size": 448}, "highres.global_size"),
+        ({"highres.spec": None, "highres.global_size": 320}, "highres.global_size"),
+        ({"highres.local_size": 528}, "highres.local_size"),
+        ({"crops.global_size": 272}, "crops.global_size"),
+    ],
+)
+def test_check_phases_refuses_crops_larger_than_their_patches(shard_index, overrides, key):
+    """A crop larger than the patch it is cut from would be upsampled whole: refused
+    before training, naming the key, the patch size and the spec key to change."""
+    cfg = PretrainConfig.from_yaml(TINY_YAML, {"highres.steps": 2, **overrides})
+    spec_key = "highres.spec" if key.startswith("highres") else "data.spec"
+    with pytest.raises(ConfigError, match=rf"'{key}'.*-px patches.*Set {spec_key} to"):
+        check_phases(shard_index, cfg)

@@ -99,8 +99,9 @@ def test_two_cpu_processes_match_one_process(shard_index, one_process, tmp_path,
 
 @pytest.mark.slow
 def test_fsdp_bf16_resumed_equals_uninterrupted_with_high_res_phase(shard_index, tmp_path):
-    """FSDP with bf16 weights gathered: a run stopped at step 2 and resumed from its full
-    checkpoint ends where the uninterrupted run does, through the 160-px high-res phase."""
+    """FSDP with bf16 weights gathered and compiled trunks: a run stopped at step 2 and
+    resumed from its full checkpoint ends where the uninterrupted run does, through the
+    160-px high-res phase (new crop sizes: new static graphs)."""
     fsdp = {
         **COMMON,
         "schedule.total_steps": 4,
@@ -112,6 +113,7 @@ def test_fsdp_bf16_resumed_equals_uninterrupted_with_high_res_phase(shard_index,
         "trainer.strategy": "fsdp",
         "trainer.devices": 2,
         "trainer.precision": "bf16-mixed",
+        "trainer.compile": True,
     }
     _launch(shard_index, tmp_path / "straight", fsdp, world=2)
     _launch(shard_index, tmp_path / "resumed", fsdp, world=2, stop_at=2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import lightning as L
 import pandas as pd
@@ -15,6 +17,7 @@ from torch._dynamo.utils import counters
 from unipipe.errors import ConfigError
 from unipipe.models import load_encoder
 from unipipe.ssl import PretrainConfig, run_pretrain
+from unipipe.ssl import data as ssl_data
 from unipipe.ssl.data import PretrainDataModule
 from unipipe.ssl.module import DINOv2Module
 from unipipe.ssl.train import (
@@ -25,7 +28,7 @@ from unipipe.ssl.train import (
     run_fingerprint,
 )
 
-from .conftest import TINY_YAML
+from .conftest import HIGHRES_SPEC, TINY_YAML
 
 QUICK = {
     "schedule.total_steps": 4,
@@ -35,6 +38,20 @@ QUICK = {
     "crops.n_local": 2,
     "checkpoint.every_n_steps": 2,
 }
+
+
+@pytest.fixture
+def patch_shapes(monkeypatch) -> list[tuple[int, ...]]:
+    """The shape of the first patch of every dataset a phase's data module opens."""
+    seen, real = [], ssl_data.open_patches
+
+    def spy(*args, **kwargs):
+        patches = real(*args, **kwargs)
+        seen.append(tuple(patches[0].shape))
+        return patches
+
+    monkeypatch.setattr(ssl_data, "open_patches", spy)
+    return seen
 
 
 def _run(shard_index, out, overrides=None, seed=0):
@@ -108,19 +125,97 @@ def test_run_pretrain_resumed_equals_uninterrupted(shard_index, tmp_path):
     assert json.loads((resumed / "pretrain.json").read_text())["extra"]["resumed_from_step"] == 2
 
 
-def test_run_pretrain_high_res_phase_exports_larger_size(shard_index, tmp_path):
-    """With highres.steps the last steps train at larger crops; the export records that size."""
+def test_run_pretrain_high_res_phase_exports_larger_size(shard_index, tmp_path, patch_shapes):
+    """With highres.steps the last steps train at larger crops cut from the 512-px patches
+    (highres.spec), not from the main phase's 256-px ones; the export records the size."""
     _run(
         shard_index,
         tmp_path,
         {"highres.steps": 1, "highres.global_size": 160, "highres.local_size": 64},
     )
+    assert patch_shapes == [(256, 256, 3), (512, 512, 3)]
+    phases = json.loads((tmp_path / "pretrain.json").read_text())["extra"]["phases"]
+    assert [(p["phase"], p["steps"], p["specs"], p["n_patches"]) for p in phases] == [
+        ("main", [0, 3], ["256px_0.5mpp"], 176),
+        ("highres", [3, 4], [HIGHRES_SPEC], 40),
+    ]
     meta = json.loads((tmp_path / "encoder.json").read_text())
     assert meta["img_size"] == 160
     model, _ = load_encoder(tmp_path / "encoder.json")
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 160, 160)).shape == (1, 192)
     assert pd.read_csv(tmp_path / "metrics.csv")["step"].tolist() == [1, 2, 3, 4]
+
+
+HIGH_RES = {"highres.steps": 2, "highres.global_size": 160, "highres.local_size": 64}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "killed_after", "read_after"),
+    [({}, 1, [(256, 256, 3)]), (HIGH_RES, 3, [(512, 512, 3)])],
+    ids=["main_phase", "high_res_phase"],
+)
+def test_run_pretrain_killed_mid_phase_resumes_to_the_uninterrupted_run(
+    shard_index, tmp_path, patch_shapes, overrides, killed_after, read_after
+):
+    """A run killed just after a step's checkpoint, early in the main phase or inside a
+    high-res phase of steps 3-4 on the 512-px spec, resumes to the uninterrupted run's
+    teacher and losses. Both had trained some steps twice on the same batches: Lightning
+    starts a new pass over the loader when the epoch count it restored runs out, and the
+    sampler restarted at the step the loader was made at."""
+    hr = {**overrides, "checkpoint.every_n_steps": 1, "checkpoint.keep_last": 4}
+    straight = tmp_path / "straight"
+    _run(shard_index, straight, hr)
+    assert patch_shapes == [(256, 256, 3), (512, 512, 3)][: 1 + bool(overrides)]
+
+    killed = tmp_path / "killed"  # what a kill just after that step's checkpoint leaves
+    shutil.copytree(straight, killed)
+    for step in range(killed_after + 1, 5):
+        (killed / "checkpoints" / f"step{step:07d}.ckpt").unlink()
+    (killed / "checkpoints" / "last.ckpt").unlink()
+    for name in ("encoder.safetensors", "encoder.json", "metrics.csv", "pretrain.json"):
+        (killed / name).unlink()
+    patch_shapes.clear()
+    _run(shard_index, killed, hr)
+    assert patch_shapes == read_after
+
+    sidecar = json.loads((killed / "pretrain.json").read_text())
+    assert sidecar["extra"]["resumed_from_step"] == killed_after
+    ma, mb = (pd.read_csv(d / "metrics.csv") for d in (straight, killed))
+    assert mb["step"].tolist() == [1, 2, 3, 4]
+    pd.testing.assert_series_equal(ma["total"], mb["total"], rtol=1e-5)
+    a, b = (load_file(d / "encoder.safetensors") for d in (straight, killed))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"highres.steps": 1},
+            r"'highres.spec'.*cmu_256only.zarr holds \['256px_0.5mpp'\].*curate.tiling.specs",
+        ),
+        (
+            {"highres.steps": 1, "highres.spec": None, "highres.global_size": 448},
+            r"'highres.global_size': 448-px crops cut from the 256-px patches",
+        ),
+    ],
+    ids=["spec_missing", "crops_larger_than_patches"],
+)
+def test_run_pretrain_refuses_a_missing_spec_or_oversized_crops_at_start_up(
+    store_without_highres, tmp_path, overrides, message
+):
+    """A high-res phase whose spec the store lacks, or whose crops are larger than its
+    patches, fails before the main phase trains a step, and before old checkpoints of
+    out_dir are moved aside."""
+    old = tmp_path / "checkpoints" / "last.ckpt"
+    old.parent.mkdir()
+    old.write_bytes(b"a checkpoint of an earlier run")
+    with pytest.raises(ConfigError, match=message):
+        _run([store_without_highres], tmp_path, overrides)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+    assert old.read_bytes() == b"a checkpoint of an earlier run"
 
 
 def test_run_pretrain_different_seed_different_teacher(shard_index, tmp_path):
@@ -196,6 +291,38 @@ def test_run_fingerprint_ignores_fields_that_do_not_change_training(shard_index)
     assert run_fingerprint(other, 0, shard_index) != fingerprint
 
 
+def test_run_fingerprint_counts_the_global_batch_not_its_split(shard_index):
+    """8 images per step on 1 device, 4 x 2 DDP devices or 2 x 2 devices x 2 nodes is one
+    run (the checkpoints resume); 4 on 1 device is another, and so is a move to FSDP,
+    whose loader misplaces a plain checkpoint's optimiser state. The spec keys count as
+    the specs they read."""
+
+    def fingerprint(**overrides) -> str:
+        cfg = PretrainConfig.from_yaml(TINY_YAML, {**QUICK, **overrides})
+        return run_fingerprint(cfg, 0, shard_index)
+
+    base = fingerprint(**{"data.batch_size": 8})
+    for layout in [
+        {"data.batch_size": 4, "trainer.devices": 2, "trainer.strategy": "ddp"},
+        {"data.batch_size": 2, "trainer.devices": 2, "trainer.num_nodes": 2},
+        {"data.batch_size": 8, "trainer.strategy": "single", "trainer.devices": 4},
+    ]:
+        assert fingerprint(**layout) == base, layout
+    assert fingerprint(**{"data.batch_size": 4}) != base
+    fsdp = {"data.batch_size": 4, "trainer.devices": 2, "trainer.strategy": "fsdp"}
+    assert fingerprint(**fsdp) != base
+    assert fingerprint(**{**fsdp, "data.batch_size": 8, "trainer.devices": 1}) == fingerprint(
+        **fsdp
+    )
+    # data.spec unset reads the root spec, 256px_0.5mpp: the same patches.
+    assert fingerprint(**{"data.batch_size": 8, "data.spec": "256px_0.5mpp"}) == base
+    highres = {"data.batch_size": 8, "highres.steps": 1}
+    assert fingerprint(**highres) != base
+    assert fingerprint(**highres, **{"highres.spec": "256px_0.5mpp"}) != fingerprint(**highres)
+    # Without a high-res phase its keys change nothing.
+    assert fingerprint(**{"data.batch_size": 8, "highres.spec": "256px_0.5mpp"}) == base
+
+
 def test_run_pretrain_changed_recipe_does_not_resume_old_checkpoints(shard_index, tmp_path):
     """A rerun with another recipe trains from step 0; the old checkpoints are moved aside."""
     _run(shard_index, tmp_path)
@@ -262,3 +389,51 @@ def test_run_pretrain_compiled_backbone_matches_eager(shard_index, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_checkpoints_resume_under_another_split_of_the_global_batch(shard_index, tmp_path):
+    """One process with a batch of 4 resumes on two DDP ranks with 2 each, and back; FSDP
+    on two ranks resumes as FSDP on one. Every run ends at the one-process run. KoLeo and
+    drop path, which work per device, are off as in tests/ssl/test_ddp.py."""
+    from .test_ddp import COMMON, _launch
+
+    same = {
+        **COMMON,
+        "schedule.total_steps": 4,
+        "checkpoint.every_n_steps": 1,
+        "checkpoint.keep_last": 4,
+    }
+    ddp = {**same, "data.batch_size": 2, "trainer.strategy": "ddp", "trainer.devices": 2}
+    fsdp = {**ddp, "trainer.strategy": "fsdp"}
+
+    def killed_after(run: Path, step: int, name: str) -> Path:
+        out = tmp_path / name
+        shutil.copytree(run, out)
+        for path in (out / "checkpoints").glob("*.ckpt"):
+            if path.name == "last.ckpt" or int(path.stem.removeprefix("step")) > step:
+                path.unlink()
+        return out
+
+    one = tmp_path / "one"
+    _run(shard_index, one, same)
+    to_ddp = killed_after(one, 2, "to_ddp")
+    _launch(shard_index, to_ddp, ddp, world=2)
+    back = killed_after(to_ddp, 3, "back")
+    _run(shard_index, back, same)
+    _launch(shard_index, tmp_path / "fsdp2", fsdp, world=2)
+    fsdp1 = killed_after(tmp_path / "fsdp2", 2, "fsdp1")
+    _launch(shard_index, fsdp1, {**fsdp, "data.batch_size": 4, "trainer.devices": 1}, world=1)
+
+    a = load_file(one / "encoder.safetensors")
+    for run, resumed_from in ((to_ddp, 2), (back, 3), (fsdp1, 2)):
+        sidecar = json.loads((run / "pretrain.json").read_text())
+        assert sidecar["extra"]["resumed_from_step"] == resumed_from, run.name
+        assert not list(run.glob("stale-*")), run.name
+        ma, mb = (pd.read_csv(d / "metrics.csv") for d in (one, run))
+        assert mb["step"].tolist() == [1, 2, 3, 4]
+        for term in ("total", "dino", "ibot"):
+            pd.testing.assert_series_equal(ma[term], mb[term], rtol=1e-4, atol=1e-5)
+        b = load_file(run / "encoder.safetensors")
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=run.name + key)

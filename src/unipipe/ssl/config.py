@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 
 from unipipe.config import build_params, check_field_type
+from unipipe.curate.tiling import TileSpec
 from unipipe.errors import ConfigError
 
 __all__ = [
@@ -229,29 +230,63 @@ class ScheduleConfig:
         _check(all(0 <= m <= 1 for m in self.momentum), "schedule.momentum", "must be in [0, 1]")
 
 
+def _spec_name(value: str | Mapping[str, Any] | None, key: str) -> str | None:
+    """The shard stores' name of a tile spec (``512px_0.5mpp``), from that name or from a
+    ``{size_px, mpp}`` mapping as curate.tiling.specs writes it; None stays None."""
+    if value is None:
+        return None
+    reason = ""
+    try:
+        if isinstance(value, Mapping):
+            return TileSpec.coerce(value).name
+        size, sep, mpp = str(value).removesuffix("mpp").partition("px_")
+        # Through TileSpec, so that 0.50 and 0.5 name the same spec, as in the stores.
+        if isinstance(value, str) and value.endswith("mpp") and sep and size.isdigit():
+            return TileSpec(int(size), float(mpp)).name
+    except (ConfigError, ValueError, TypeError) as err:
+        reason = f" ({str(err).removeprefix('curate.tiling.specs: ')})"
+    raise ConfigError(
+        f"pretrain key {key!r}: {value!r} is not a tile spec{reason}; write it as the shard "
+        "index names it (512px_0.5mpp) or as in curate.tiling.specs ({size_px: 512, mpp: 0.5})"
+    )
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HighResConfig:
-    """An optional last phase at larger crops (pos-embeds interpolated on the fly)."""
+    """An optional last phase at larger crops (pos-embeds interpolated on the fly).
+
+    ``spec`` names the tile spec its crops are cut from (UNI: 512px_0.5mpp); None reads
+    the main phase's (``data.spec``). A crop larger than that spec's patches is refused
+    when pretraining starts (``unipipe.ssl.data.check_phases``).
+    """
 
     steps: int = 0  # final optimiser steps run at high resolution, 0 = off
     global_size: int = 448
     local_size: int = 192
+    spec: str | Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "highres.steps", "must be >= 0")
+        object.__setattr__(self, "spec", _spec_name(self.spec, "highres.spec"))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Loading: per-device batch size and worker processes."""
+    """Loading: the tile spec read, per-device batch size and worker processes.
+
+    ``spec`` names the tile spec of the main phase (e.g. 256px_0.5mpp, a ``spec`` of the
+    shard index); None reads each store's root spec, the first of curate.tiling.specs.
+    """
 
     batch_size: int = 32  # per device
     num_workers: int = 8
     pin_memory: bool = True
+    spec: str | Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "data.batch_size", "must be > 0")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        object.__setattr__(self, "spec", _spec_name(self.spec, "data.spec"))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -291,12 +326,6 @@ class TrainerConfig:
             "trainer.precision",
             "16-mixed needs a sharded grad scaler, which FSDP2 under Lightning lacks; "
             "use bf16-mixed or 32-true with strategy fsdp",
-        )
-        _check(
-            not (self.strategy == "fsdp" and self.compile),
-            "trainer.compile",
-            "torch.compile of the sharded backbone fails in torch 2.14 (the position-embedding "
-            "resize's backward); use strategy ddp with compile, or fsdp without it",
         )
 
 

@@ -1,18 +1,26 @@
-"""Training data: patches from the Zarr shards, a resumable global-batch sampler, multi-crop collate."""
+"""Training data: patches from the Zarr shards, a resumable global-batch sampler, multi-crop collate.
+
+Each training phase reads one tile spec of the stores (``data.spec`` for the main phase,
+``highres.spec`` for the high-resolution one): ``check_phases`` checks both before any
+step is trained, and ``PretrainDataModule`` serves a phase's patches.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from unipipe.curate.shards import PatchDataset, read_index_parquet
+from unipipe.curate.shard_index import ShardLayoutError
+from unipipe.curate.shards import PatchDataset, read_index_parquet, store_specs
 from unipipe.errors import ConfigError
 from unipipe.ssl.augment import MultiCrop
 from unipipe.ssl.config import PretrainConfig
@@ -24,9 +32,14 @@ __all__ = [
     "GlobalBatchSampler",
     "MultiCropCollate",
     "MultiCropDataset",
+    "Phase",
+    "PhaseSource",
     "PretrainDataModule",
+    "check_phases",
     "open_patches",
+    "plan_phases",
     "shard_paths",
+    "spec_table",
 ]
 
 ShardSource = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
@@ -55,27 +68,304 @@ def shard_paths(source: ShardSource) -> list[Path]:
     return [Path(p) for p in source]
 
 
-def open_patches(source: ShardSource) -> Dataset:
+# Columns of build_dataset's index that describe each (store, tile spec) without opening it.
+_INDEX_SPEC_COLUMNS = {"shard_zarr", "group", "spec", "size_px", "n_patches"}
+
+
+def _read_index(source: ShardSource) -> pd.DataFrame | None:
+    """The index parquet of an index source; None for a list of stores."""
+    if isinstance(source, str | os.PathLike) and os.fspath(source).endswith(".parquet"):
+        return read_index_parquet(source)
+    return None
+
+
+def _store_specs(store: Path) -> list[dict[str, Any]]:
+    try:
+        return store_specs(store)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # a broken zarr.json, or a group without the `specs` attribute
+        raise ShardLayoutError(
+            f"{store}: not a readable patch store ({type(err).__name__}: {err}); delete it "
+            "and rerun the workflow to rewrite it (write_shards)"
+        ) from err
+
+
+def spec_table(source: ShardSource) -> pd.DataFrame:
+    """One row per (store, tile spec) of the source: ``store``, ``group``, ``spec`` (e.g.
+    ``512px_0.5mpp``), ``size_px``, ``n_patches`` and ``root`` (the store's first spec).
+
+    Read from build_dataset's index when the source is one (no store is opened), else
+    from each store's ``specs`` attribute. Stores are in the order ``open_patches`` reads.
+    """
+    index = _read_index(source)
+    if index is not None and set(index.columns) >= _INDEX_SPEC_COLUMNS:
+        folder = Path(source).parent
+        stores = [
+            os.fspath(p if p.exists() or p.is_absolute() else folder / p)
+            for p in map(Path, index["shard_zarr"].astype(str))
+        ]
+        return pd.DataFrame(
+            {
+                "store": stores,
+                "group": index["group"].astype(str).to_numpy(),
+                "spec": index["spec"].astype(str).to_numpy(),
+                "size_px": index["size_px"].astype("int64").to_numpy(),
+                "n_patches": index["n_patches"].astype("int64").to_numpy(),
+                "root": (index["group"].astype(str) == "").to_numpy(),
+            }
+        )
+    rows = [
+        {
+            "store": os.fspath(store),
+            "group": str(entry["group"]),
+            "spec": str(entry["name"]),
+            "size_px": int(entry["size_px"]),
+            "n_patches": int(entry["n_patches"]),
+            "root": i == 0,
+        }
+        for store in shard_paths(source)
+        for i, entry in enumerate(_store_specs(store))
+    ]
+    columns = ["store", "group", "spec", "size_px", "n_patches", "root"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _describe(source: ShardSource) -> str:
+    return os.fspath(source) if isinstance(source, str | os.PathLike) else "the list given"
+
+
+def _select_spec(
+    table: pd.DataFrame, spec: str | None, *, key: str, source: ShardSource
+) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of ``spec`` (None: each store's root spec), and the stores that lack it.
+
+    Raises:
+        ConfigError: no store holds the spec; names the stores, what they hold and the fix.
+    """
+    if spec is None:
+        return table[table["root"]], []
+    rows = table[table["spec"] == spec]
+    held = table.groupby("store", sort=False)["spec"].agg(list)
+    lacking = [store for store in held.index if store not in set(rows["store"])]
+    if rows.empty:
+        named = "; ".join(f"{store} holds {held[store]}" for store in lacking[:3])
+        more = f" (and {len(lacking) - 3} more)" if len(lacking) > 3 else ""
+        size, _, mpp = spec.removesuffix("mpp").partition("px_")
+        raise ConfigError(
+            f"pretrain key {key!r}: none of the {len(lacking)} patch store(s) of "
+            f"{_describe(source)} holds tile spec {spec!r}: {named}{more}. Add "
+            f"{{size_px: {size}, mpp: {mpp}}} to "
+            f"curate.tiling.specs and rerun the workflow (it rewrites the stores and the "
+            f"index), or set {key} to a spec the stores hold"
+        )
+    return rows, lacking
+
+
+def open_patches(source: ShardSource, spec: str | None = None, *, key: str = "spec") -> Dataset:
     """A map-style dataset of (H, W, 3) uint8 patches over the stores (curate's PatchDataset).
 
     An index written by ``build_dataset`` (columns ``shard_zarr``, ``group``, ``spec``) is
-    read as such, which picks each store's root tile spec; a plain list of stores, or an
-    index with a ``shard`` column, reads each store's root spec too.
+    read as such; a plain list of stores, or an index with a ``shard`` column, is read
+    store by store. ``spec`` (a tile spec name such as ``512px_0.5mpp``) picks that spec
+    of every store that holds it; None picks each store's root spec.
+
+    Raises:
+        ConfigError: no store holds ``spec`` (the error quotes ``key``, the config key).
     """
-    if isinstance(source, str | os.PathLike) and os.fspath(source).endswith(".parquet"):
-        columns = read_index_parquet(source).columns
-        if {"shard_zarr", "group"} <= set(columns):
+    index = _read_index(source)
+    columns = set() if index is None else set(index.columns)
+    if spec is None:
+        if {"shard_zarr", "group"} <= columns:
             return PatchDataset(source)
-    return PatchDataset([os.fspath(p) for p in shard_paths(source)])
+        return PatchDataset([os.fspath(p) for p in shard_paths(source)])
+    rows, _ = _select_spec(spec_table(source), spec, key=key, source=source)
+    if columns >= _INDEX_SPEC_COLUMNS:
+        return PatchDataset(source, spec=spec)
+    return PatchDataset(rows["store"].tolist(), spec=spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One stretch of pretraining at fixed crop sizes, cut from one tile spec.
+
+    Attributes:
+        name: ``main`` or ``highres``.
+        start: the step the phase starts at (its sampler starts a fresh epoch there).
+        end: the step it stops at.
+        global_size: global crop side, px.
+        local_size: local crop side, px.
+        spec: the tile spec read (``512px_0.5mpp``); None = each store's root spec.
+        spec_key: the config key that chose ``spec``, quoted in errors.
+        size_group: the config group of the crop sizes (``crops`` or ``highres``).
+    """
+
+    name: str
+    start: int
+    end: int
+    global_size: int
+    local_size: int
+    spec: str | None
+    spec_key: str
+    size_group: str
+
+
+def plan_phases(config: PretrainConfig) -> list[Phase]:
+    """The main phase, and the high-resolution one when ``highres.steps`` > 0.
+
+    The high-res phase reads ``highres.spec``, or ``data.spec`` when that is unset.
+    """
+    total, hr = config.schedule.total_steps, config.highres
+    main_end = total - hr.steps
+    main = Phase(
+        name="main",
+        start=0,
+        end=main_end,
+        global_size=config.crops.global_size,
+        local_size=config.crops.local_size,
+        spec=config.data.spec,
+        spec_key="data.spec",
+        size_group="crops",
+    )
+    if not hr.steps:
+        return [main]
+    spec, key = (hr.spec, "highres.spec") if hr.spec else (config.data.spec, "data.spec")
+    highres = Phase(
+        name="highres",
+        start=main_end,
+        end=total,
+        global_size=hr.global_size,
+        local_size=hr.local_size,
+        spec=spec,
+        spec_key=key,
+        size_group="highres",
+    )
+    return [main, highres]
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseSource:
+    """What a phase reads: tile spec names, stores and patches, and the stores left out.
+
+    ``specs`` has several names only where the stores' root specs differ (spec None).
+    """
+
+    phase: Phase
+    specs: tuple[str, ...]
+    n_stores: int
+    n_patches: int
+    stores_without_spec: tuple[str, ...]
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready record for the sidecar."""
+        p = self.phase
+        return {
+            "phase": p.name,
+            "steps": [p.start, p.end],
+            "crops_px": [p.global_size, p.local_size],
+            "specs": list(self.specs),
+            "n_stores": self.n_stores,
+            "n_patches": self.n_patches,
+            "stores_without_spec": len(self.stores_without_spec),
+        }
+
+
+def _phase_source(table: pd.DataFrame, phase: Phase, source: ShardSource) -> PhaseSource:
+    """Select the phase's rows and refuse crops larger than its patches.
+
+    A crop is cut from a box of at most the whole patch (``crops.*_scale`` <= 1) and
+    resized to its side, so a crop side larger than the patch upsamples every view: the
+    network sees more pixels but no more tissue or detail. That was the high-res phase
+    cutting 448-px crops out of 256-px patches, so it is refused, not allowed.
+    """
+    rows, lacking = _select_spec(table, phase.spec, key=phase.spec_key, source=source)
+    n_patches = int(rows["n_patches"].sum())
+    if phase.spec is None:
+        which = f"the stores' root tile spec ({phase.spec_key} unset"
+    else:
+        which = f"tile spec {phase.spec} ({phase.spec_key}"
+    # The high-res phase falls back to data.spec; its fix is still to set highres.spec.
+    own_key = "highres.spec" if phase.name == "highres" else "data.spec"
+    which += ")" if own_key == phase.spec_key else f"; {own_key} unset)"
+    if n_patches == 0:
+        raise ConfigError(
+            f"no patches of {which} in {_describe(source)}; check the shard index "
+            "(build_dataset) and curate.selection.budget"
+        )
+    filled = rows[rows["n_patches"] > 0]
+    smallest = int(filled["size_px"].min())
+    for crop, size in (("global_size", phase.global_size), ("local_size", phase.local_size)):
+        if size > smallest:
+            key = f"{phase.size_group}.{crop}"
+            example = "; UNI's reads 512px_0.5mpp" if phase.name == "highres" else ""
+            raise ConfigError(
+                f"pretrain key {key!r}: {size}-px crops cut from the {smallest}-px patches "
+                f"of {which} would all be upsampled {size / smallest:.2f}x, adding no "
+                f"detail. Set {own_key} to a tile spec with patches of at least {size} px "
+                f"(one of curate.tiling.specs{example}), or lower {key} to at most {smallest}"
+            )
+    return PhaseSource(
+        phase=phase,
+        specs=tuple(sorted(set(filled["spec"]))),
+        n_stores=int(rows["store"].nunique()),
+        n_patches=n_patches,
+        stores_without_spec=tuple(lacking),
+    )
+
+
+def check_phases(source: ShardSource, config: PretrainConfig) -> list[PhaseSource]:
+    """Check, before training, that every phase's tile spec and crop sizes fit the stores.
+
+    A store that lacks a phase's spec while others hold it is left out of that phase with
+    a warning naming it: curation writes a spec's group only where some tile of that size
+    passed its keep rules, so a slide with too little tissue for a 512-px tile has none.
+
+    Raises:
+        ConfigError: no store holds a phase's spec, the spec has no patches, or a crop is
+            larger than the patches it would be cut from.
+    """
+    table = spec_table(source)
+    checked = [_phase_source(table, phase, source) for phase in plan_phases(config)]
+    for item in checked:
+        lacking = item.stores_without_spec
+        if lacking:
+            logger.warning(
+                "%s %s: %d of %d patch stores lack this tile spec and are left out of the %s "
+                "phase (no tile of that size passed curation's keep rules there): %s%s",
+                item.phase.spec_key,
+                item.phase.spec,
+                len(lacking),
+                len(lacking) + item.n_stores,
+                item.phase.name,
+                ", ".join(lacking[:5]),
+                ", ..." if len(lacking) > 5 else "",
+            )
+    return checked
 
 
 class GlobalBatchSampler(Sampler[tuple[int, int]]):
-    """Yields (stream position, patch index) for this rank, from ``start_step`` to ``total_steps``.
+    """Yields (stream position, patch index) for this rank, from ``start_step`` (default: the
+    phase's first step) to ``total_steps``.
 
-    The global stream concatenates one seeded permutation of the patches per data epoch.
     Step s uses stream positions [s * G, (s + 1) * G) for a global batch G; rank r takes
-    the r-th contiguous slice of G / world. The order depends only on (seed, step), so a run
-    resumed at any step, or run on another number of ranks, sees the same images.
+    the r-th contiguous slice of G / world. Positions count from step 0 of the run in
+    every phase, so augmentations and masks, which are keyed by position, never repeat.
+
+    Which patch a position reads: a phase's stream starts at its first step
+    (``phase_start``, 0 for the main phase) and concatenates one seeded permutation of the
+    phase's own ``n_patches`` per data epoch. Position p reads patch perm_e[q mod n] with
+    q = p - phase_start * G and e = q // n; perm_e is drawn from (seed, e) in the main
+    phase and from (seed, phase_start, e) after it. So the high-res phase, whose tile
+    spec holds another number of patches, begins a fresh epoch over them instead of
+    continuing the main phase's count, and the patch of a step depends only on (seed,
+    phase_start, step, n): a run resumed at any step of a phase, or run on another number
+    of ranks, sees the same images as one run straight through.
+
+    Each pass starts at ``current_step()`` when given (the trainer's global step), else at
+    ``start_step``. Lightning starts a new pass over the loader when the epoch count it
+    restored from a checkpoint runs out, which can be before the phase ends (on resuming,
+    and on entering the high-res phase from the main phase's checkpoint); a pass from
+    ``start_step`` would then train again on the batches that followed it.
     """
 
     def __init__(
@@ -86,11 +376,16 @@ class GlobalBatchSampler(Sampler[tuple[int, int]]):
         global_batch: int,
         rank: int = 0,
         world_size: int = 1,
-        start_step: int = 0,
+        start_step: int | None = None,
         total_steps: int,
+        phase_start: int = 0,
+        current_step: Callable[[], int] | None = None,
     ) -> None:
         if global_batch % world_size:
             raise ConfigError(f"global batch {global_batch} is not divisible by {world_size} ranks")
+        start_step = phase_start if start_step is None else start_step
+        if start_step < phase_start:
+            raise ValueError(f"start_step {start_step} is before the phase's start {phase_start}")
         self.n = n_patches
         self.seed = seed
         self.global_batch = global_batch
@@ -98,17 +393,29 @@ class GlobalBatchSampler(Sampler[tuple[int, int]]):
         self.rank = rank
         self.start_step = start_step
         self.total_steps = total_steps
+        self.phase_start = phase_start
+        self.current_step = current_step
         self._perm: tuple[int, torch.Tensor] | None = None
 
     def _index(self, position: int) -> int:
-        epoch = position // self.n
+        offset = position - self.phase_start * self.global_batch
+        epoch = offset // self.n
         if self._perm is None or self._perm[0] != epoch:
-            gen = seeded_generator(self.seed, epoch)
+            # The tag keeps these seeds apart from the masks' (seed, step, 7) and
+            # (seed, position, crop, 11).
+            keys = (epoch,) if self.phase_start == 0 else (self.phase_start, epoch, 13)
+            gen = seeded_generator(self.seed, *keys)
             self._perm = (epoch, torch.randperm(self.n, generator=gen))
-        return int(self._perm[1][position % self.n])
+        return int(self._perm[1][offset % self.n])
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for step in range(self.start_step, self.total_steps):
+        start = self.start_step if self.current_step is None else self.current_step()
+        if start < self.phase_start:
+            raise ValueError(f"step {start} is before the phase's start {self.phase_start}")
+        return self._stream(start)
+
+    def _stream(self, start: int) -> Iterator[tuple[int, int]]:
+        for step in range(start, self.total_steps):
             first = step * self.global_batch + self.rank * self.per_rank
             for position in range(first, first + self.per_rank):
                 yield position, self._index(position)
@@ -194,8 +501,10 @@ class PretrainDataModule(L.LightningDataModule):
         config: the recipe (crops, augmentations, batch size, workers).
         seed: run seed; fixes data order, augmentations and masks.
         total_steps: the step this phase stops at.
-        global_size: global crop side in pixels (changes in the high-resolution phase).
-        local_size: local crop side in pixels.
+        global_size: global crop side in pixels (default: the phase's).
+        local_size: local crop side in pixels (default: the phase's).
+        phase: the phase served (``plan_phases``): its tile spec, first step and crop
+            sizes. Default: the main phase (``data.spec``, ``crops.*``).
     """
 
     def __init__(
@@ -207,30 +516,48 @@ class PretrainDataModule(L.LightningDataModule):
         total_steps: int,
         global_size: int | None = None,
         local_size: int | None = None,
+        phase: Phase | None = None,
     ) -> None:
         super().__init__()
         self.source = source
         self.config = config
         self.seed = seed
         self.total_steps = total_steps
-        self.global_size = global_size or config.crops.global_size
-        self.local_size = local_size or config.crops.local_size
+        phase = phase or plan_phases(config)[0]
+        self.global_size = global_size or phase.global_size
+        self.local_size = local_size or phase.local_size
+        self.phase = dataclasses.replace(
+            phase, global_size=self.global_size, local_size=self.local_size
+        )
         self._patches: Dataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        """Open the shard index (cheap; pixel stores open lazily in each worker)."""
+        """Open the shard index (cheap; pixel stores open lazily in each worker).
+
+        Raises:
+            ConfigError: no store holds the phase's tile spec, it has no patches, or a
+                crop is larger than its patches.
+        """
         if self._patches is None:
-            self._patches = open_patches(self.source)
-            logger.info("pretraining on %s patches from %s", len(self._patches), self.source)
-            if len(self._patches) == 0:
-                raise ConfigError(f"no patches in {self.source}; check the shard index")
+            spec = self.phase.spec
+            _phase_source(spec_table(self.source), self.phase, self.source)
+            self._patches = open_patches(self.source, spec, key=self.phase.spec_key)
+            logger.info(
+                "%s phase: %s patches of %s from %s",
+                self.phase.name,
+                len(self._patches),
+                spec or "the root tile spec",
+                self.source,
+            )
 
     def train_dataloader(self) -> DataLoader:
-        """A loader starting at the trainer's current global step (0, or the resumed step)."""
+        """A loader whose every pass starts at the trainer's global step at that moment
+        (the phase's first step, the resumed step, or where Lightning's restored epoch ran
+        out); without a trainer, at the phase's first step."""
         self.setup()
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        start = trainer.global_step if trainer else 0
+        start = trainer.global_step if trainer else self.phase.start
         cfg = self.config
         global_batch = cfg.data.batch_size * world
         crops = type(cfg.crops)(
@@ -245,6 +572,8 @@ class PretrainDataModule(L.LightningDataModule):
             world_size=world,
             start_step=start,
             total_steps=self.total_steps,
+            phase_start=self.phase.start,
+            current_step=(lambda: trainer.global_step) if trainer else None,
         )
         workers = cfg.data.num_workers
         return DataLoader(

@@ -24,7 +24,13 @@ from unipipe.models import build_vit, save_encoder
 from unipipe.provenance import atomic_path, file_sha256, to_jsonable, write_json, write_sidecar
 from unipipe.runtime import keep_freed_host_memory
 from unipipe.ssl.config import PretrainConfig
-from unipipe.ssl.data import PretrainDataModule, ShardSource
+from unipipe.ssl.data import (
+    PretrainDataModule,
+    ShardSource,
+    check_phases,
+    plan_phases,
+    spec_table,
+)
 from unipipe.ssl.module import DINOv2Module
 
 logger = logging.getLogger(__name__)
@@ -68,10 +74,14 @@ _EXPECTED_WARNINGS = (
     r".*train_dataloader.*not resumable.*",
 )
 # Recipe fields that do not change what is trained: changing them keeps the checkpoints.
+# The layout keys (per-device batch, devices, nodes, strategy) are replaced by the global
+# batch they make and the checkpoint format, the spec keys by the tile specs they resolve
+# to (run_fingerprint).
 _FINGERPRINT_IGNORES = {
-    "data": ("num_workers", "pin_memory"),
-    "trainer": ("log_every_n_steps", "slurm_requeue"),
+    "data": ("num_workers", "pin_memory", "batch_size", "spec"),
+    "trainer": ("log_every_n_steps", "slurm_requeue", "devices", "num_nodes", "strategy"),
     "checkpoint": ("every_n_steps", "keep_last"),
+    "highres": ("spec",),
 }
 
 
@@ -167,10 +177,11 @@ class MetricsCSV(Callback):
 
 
 def phases(config: PretrainConfig) -> list[tuple[int, int, int]]:
-    """(end step, global crop px, local crop px) of the main phase and the high-res one."""
-    total, hr = config.schedule.total_steps, config.highres
-    main = [(total - hr.steps, config.crops.global_size, config.crops.local_size)]
-    return main + ([(total, hr.global_size, hr.local_size)] if hr.steps else [])
+    """(end step, global crop px, local crop px) of the main phase and the high-res one.
+
+    ``unipipe.ssl.data.plan_phases`` also gives each phase's first step and tile spec.
+    """
+    return [(p.end, p.global_size, p.local_size) for p in plan_phases(config)]
 
 
 def resolve_accelerator(requested: str, *, devices: int | str = 1, num_nodes: int = 1) -> str:
@@ -204,8 +215,43 @@ def resolve_accelerator(requested: str, *, devices: int | str = 1, num_nodes: in
     return requested
 
 
-def run_fingerprint(config: PretrainConfig, seed: int, source: ShardSource) -> str:
-    """Hash of what a checkpoint depends on: the resolved recipe, the seed and the data index."""
+def _world_size(config: PretrainConfig) -> int:
+    t = config.trainer
+    devices = 1 if t.strategy == "single" else t.devices
+    if devices == "auto":
+        raise ValueError(
+            "run_fingerprint: trainer.devices is 'auto', so the global batch is known only "
+            "once the Trainer is built; pass world_size=trainer.world_size"
+        )
+    return int(devices) * t.num_nodes
+
+
+def run_fingerprint(
+    config: PretrainConfig, seed: int, source: ShardSource, *, world_size: int | None = None
+) -> str:
+    """Hash of what a checkpoint depends on: the resolved recipe, the seed, the data index,
+    the tile spec(s) each phase reads, the global batch and the checkpoint format.
+
+    The global batch (data.batch_size x world_size, by default trainer.devices x
+    trainer.num_nodes) counts, not how it is split into devices and nodes: the sampler,
+    masks and augmentations give every rank its slice of the same global batch, and a
+    checkpoint is one full file that loads on any number of ranks (tests/ssl/
+    test_train.py resumes one process on two DDP ranks and back, and FSDP on two ranks
+    on one). KoLeo and stochastic depth work on each device's share, as in DINOv2, so a
+    run moved to another split continues the same recipe without repeating the other
+    split's steps bit for bit.
+
+    The strategy counts only as FSDP or not: auto, single and ddp write the same plain
+    checkpoint, but a plain checkpoint does not load under FSDP. Lightning re-keys its optimiser
+    state from parameter indices to names as if the optimiser held ``parameters()`` in
+    module order; the layer-wise lr groups follow another order and leave the teacher out,
+    so the moments would go to other parameters (it fails at the first student parameter
+    left without state). Moving a run to or from FSDP starts it over.
+
+    The spec keys count as the specs they resolve to (``data.spec`` unset and
+    ``256px_0.5mpp`` name the same patches when that is the root spec), and the high-res
+    keys only when there is a high-res phase.
+    """
     if isinstance(source, str | os.PathLike) and Path(source).is_file():
         data = file_sha256(source)
     else:
@@ -214,10 +260,25 @@ def run_fingerprint(config: PretrainConfig, seed: int, source: ShardSource) -> s
     recipe = config.to_dict()
     for group, keys in _FINGERPRINT_IGNORES.items():
         recipe[group] = {k: v for k, v in recipe[group].items() if k not in keys}
-    payload = json.dumps(
-        {"config": to_jsonable(recipe), "seed": seed, "data": data}, sort_keys=True
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    if not config.highres.steps:
+        recipe["highres"] = {"steps": 0}
+    specs, table = {}, None
+    for phase in plan_phases(config):
+        if phase.spec is None:
+            table = spec_table(source) if table is None else table
+            specs[phase.name] = sorted(set(table.loc[table["root"], "spec"]))
+        else:
+            specs[phase.name] = [phase.spec]
+    world = world_size if world_size is not None else _world_size(config)
+    payload = {
+        "config": to_jsonable(recipe),
+        "seed": seed,
+        "data": data,
+        "specs": specs,
+        "global_batch": config.data.batch_size * world,
+        "fsdp_checkpoint": config.trainer.strategy == "fsdp",
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def claim_out_dir(out_dir: Path, fingerprint: str) -> None:
@@ -377,7 +438,13 @@ def run_pretrain(
     step, total, dino, ibot, koleo, lr, wd, momentum, teacher_temp, step_s), the teacher
     backbone as ``encoder_safetensors`` + ``encoder_json``, and ``sidecar``.
 
+    The main phase reads the tile spec ``data.spec`` of the stores, the high-res phase
+    ``highres.spec``; both are checked against the stores and the crop sizes before any
+    step is trained, and the sidecar records per phase the specs, stores and patches read.
+
     Raises:
+        ConfigError: a phase's tile spec is in no store, or a crop is larger than the
+            patches it is cut from (at start-up, naming the key and the fix).
         TrainingDivergedError: a loss term became NaN/inf (names the step and term).
     """
     out_dir = Path(out_dir)
@@ -388,27 +455,38 @@ def run_pretrain(
     keep_freed_host_memory()  # large CPU tensors are reused, not mapped afresh every step
     logger.info("pretraining with %s", config.to_dict())
 
-    claim_out_dir(out_dir, run_fingerprint(config, seed, index_parquet))
+    plan = check_phases(index_parquet, config)  # before any checkpoint is moved or step run
+    first = build_trainer(config, out_dir=out_dir, max_steps=plan[0].phase.end, metrics_path=stream)
+    fingerprint = run_fingerprint(config, seed, index_parquet, world_size=first.world_size)
+    claim_out_dir(out_dir, fingerprint)
     start = latest_checkpoint(out_dir)
     resumed = _checkpoint_step(start) if start else 0
     done, module, trainer, img_size = resumed, None, None, config.crops.global_size
-    for end, global_size, local_size in phases(config):
-        img_size = global_size
-        if done >= end:
+    for reads in plan:
+        phase = reads.phase
+        img_size = phase.global_size
+        if done >= phase.end:
             continue
-        trainer = build_trainer(config, out_dir=out_dir, max_steps=end, metrics_path=stream)
+        trainer = (
+            first
+            if phase is plan[0].phase
+            else build_trainer(config, out_dir=out_dir, max_steps=phase.end, metrics_path=stream)
+        )
         if module is None:
             global_batch = config.data.batch_size * trainer.world_size
             module = DINOv2Module(config, global_batch=global_batch, seed=seed)
         data = PretrainDataModule(
-            index_parquet,
-            config=config,
-            seed=seed,
-            total_steps=end,
-            global_size=global_size,
-            local_size=local_size,
+            index_parquet, config=config, seed=seed, total_steps=phase.end, phase=phase
         )
-        logger.info("phase to step %s at %s/%s px from step %s", end, global_size, local_size, done)
+        logger.info(
+            "%s phase to step %s at %s/%s px on %s from step %s",
+            phase.name,
+            phase.end,
+            phase.global_size,
+            phase.local_size,
+            "/".join(reads.specs),
+            done,
+        )
         with warnings.catch_warnings():
             for message in _EXPECTED_WARNINGS:
                 warnings.filterwarnings("ignore", message=message)
@@ -418,7 +496,7 @@ def run_pretrain(
         # loads the optimiser state into a fresh AdamW, which torch can do only when no
         # parameter holds a gradient.
         module.zero_grad(set_to_none=True)
-        done, start = end, last
+        done, start = phase.end, last
 
     if trainer is not None and not trainer.is_global_zero:
         return
@@ -440,5 +518,9 @@ def run_pretrain(
         stage="pretrain",
         params={"config": config, "seed": seed},
         inputs=inputs,
-        extra={"final_step": done, "resumed_from_step": resumed},
+        extra={
+            "final_step": done,
+            "resumed_from_step": resumed,
+            "phases": [reads.summary() for reads in plan],
+        },
     )
