@@ -276,10 +276,12 @@ def test_latest_checkpoint_skips_unreadable_ones(tmp_path, caplog):
 
 
 def test_run_fingerprint_ignores_fields_that_do_not_change_training(shard_index):
-    """Workers, logging and checkpoint cadence keep a run's checkpoints; the lr does not."""
+    """Workers, logging, checkpoint cadence and compiling keep a run's checkpoints; the lr
+    does not."""
     base = PretrainConfig.from_yaml(TINY_YAML, QUICK)
     fingerprint = run_fingerprint(base, 0, shard_index)
     for key, value in [
+        ("trainer.compile", True),
         ("data.num_workers", 3),
         ("checkpoint.every_n_steps", 7),
         ("checkpoint.keep_last", 9),
