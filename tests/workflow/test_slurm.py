@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -70,8 +71,13 @@ def slurm() -> None:
         pytest.skip(f"SLURM tests skipped: {reason}")
 
 
-def snakemake_cmd(workdir: Path, *args: str, on_slurm: bool) -> list[str]:
-    """The project's Snakefile on ``workdir`` with its config copy; through sbatch if on_slurm."""
+def snakemake_cmd(
+    workdir: Path, *args: str, on_slurm: bool, configfiles: tuple[str, ...] = ()
+) -> list[str]:
+    """The project's Snakefile on ``workdir`` with its config copy; through sbatch if on_slurm.
+
+    ``configfiles`` (names in ``workdir``) are merged over test.yaml and small.yaml.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -83,6 +89,7 @@ def snakemake_cmd(workdir: Path, *args: str, on_slurm: bool) -> list[str]:
         "--configfile",
         str(workdir / "config" / "test.yaml"),
         str(workdir / "small.yaml"),
+        *(str(workdir / name) for name in configfiles),
         "--config",
         "slides=slides.tsv",
     ]
@@ -105,9 +112,11 @@ def finish(
     return proc
 
 
-def slurm_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def slurm_snakemake(
+    workdir: Path, *args: str, check: bool = True, configfiles: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     """Run the DAG in ``workdir`` through sbatch with profiles/slurm-ci."""
-    cmd = snakemake_cmd(workdir, *args, on_slurm=True)
+    cmd = snakemake_cmd(workdir, *args, on_slurm=True, configfiles=configfiles)
     return finish(
         workdir, subprocess.run(cmd, capture_output=True, text=True, timeout=1800), check=check
     )
@@ -256,6 +265,9 @@ def test_slurm_pretrain_ran_on_gpu_partition_with_a_gpu(slurm_run):
     # CI's GPU is a counted resource with no device behind it: training fell back to CPU.
     log = (slurm_run[0] / "logs/pretrain/demo.log").read_text()
     assert "training on the CPU instead" in log
+    # One process, the single task of the job step's own srun: no second rank, no rank log.
+    assert "rank 0: srun task 0 of 1 (SLURM job" in log
+    assert not list((slurm_run[0] / "logs/pretrain").glob("demo.rank*.log"))
 
 
 def test_slurm_curation_is_byte_identical_to_local_run(slurm_run, local_run):
@@ -279,6 +291,82 @@ def test_slurm_metrics_equal_local_run(slurm_run, local_run):
         assert json.loads((slurm_run[0] / rel).read_text()) == json.loads(
             (local_run[0] / rel).read_text()
         ), rel
+
+
+# DDP over two SLURM tasks of one node: what profiles/slurm/config.yaml's multi-GPU block does,
+# on CPUs (gloo) since the CI node has one fake GPU. Same shards as slurm_run, another run name.
+DDP_CONFIG = """\
+pretrain:
+  run: ddp2
+  overrides:
+    trainer.accelerator: cpu
+    trainer.strategy: ddp
+    trainer.devices: 2
+    data.batch_size: 8
+    data.num_workers: 0
+"""
+DDP_RESOURCES = (
+    "pretrain:slurm_partition=debug",
+    "pretrain:gpu=0",
+    "pretrain:mpi=srun",
+    "pretrain:tasks_per_node=2",
+    "pretrain:cpus_per_task=1",
+)
+
+
+def sacct_steps(job_id: str) -> list[dict[str, str]]:
+    """The steps of one SLURM job (batch, srun steps) with their task counts, from sacct."""
+    fields = ("JobID", "NTasks", "State")
+    out = subprocess.run(
+        ["bash", str(EXEC), "sacct", "-n", "-P", "-j", job_id, "-o", ",".join(fields)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def ddp_slurm_run(slurm_run) -> tuple[Path, subprocess.CompletedProcess]:
+    """The pretrain rule alone, after slurm_run, as one job of 2 tasks (mpi: srun)."""
+    workdir = slurm_run[0]
+    (workdir / "ddp.yaml").write_text(DDP_CONFIG)
+    proc = slurm_snakemake(
+        workdir,
+        "results/train/ddp2/metrics.csv",
+        "--set-resources",
+        *DDP_RESOURCES,
+        configfiles=("ddp.yaml",),
+    )
+    return workdir, proc
+
+
+def test_slurm_pretrain_on_two_tasks_runs_both_ranks_under_srun(ddp_slurm_run):
+    """With mpi: srun and tasks_per_node 2 the rule's own srun starts two ranks in the job,
+    which train DDP together to the last step; each rank writes its own log."""
+    workdir, proc = ddp_slurm_run
+    (job,) = sacct_jobs(proc)
+    steps = sacct_steps(job["JobID"])
+    srun_steps = [s for s in steps if s["JobID"].startswith(f"{job['JobID']}.")]
+    srun_steps = [s for s in srun_steps if s["JobID"].split(".")[1].isdigit()]
+
+    assert job["Comment"] == "rule_pretrain"
+    assert job["State"] == "COMPLETED", job
+    assert [(s["NTasks"], s["State"]) for s in srun_steps] == [("2", "COMPLETED")], steps
+    logs = workdir / "logs/pretrain"
+    rank0, rank1 = (logs / "ddp2.log").read_text(), (logs / "ddp2.rank1.log").read_text()
+    assert f"rank 0: srun task 0 of 2 (SLURM job {job['JobID']}" in rank0
+    assert f"rank 1: srun task 1 of 2 (SLURM job {job['JobID']}" in rank1
+    assert "srun task 1" not in rank0
+    metrics = pd.read_csv(workdir / "results/train/ddp2/metrics.csv")
+    assert metrics["step"].tolist() == list(range(1, 7))
+    assert (
+        json.loads((workdir / "results/train/ddp2/pretrain.json").read_text())["extra"][
+            "final_step"
+        ]
+        == 6
+    )
 
 
 def _curation_targets(slides: dict[str, Path | str]) -> list[str]:
