@@ -26,6 +26,7 @@ from unipipe.ssl.train import (
     latest_checkpoint,
     resolve_accelerator,
     run_fingerprint,
+    wait_for_claim,
 )
 
 from .conftest import HIGHRES_SPEC, TINY_YAML
@@ -342,6 +343,47 @@ def test_run_pretrain_same_recipe_resumes_finished_run(shard_index, tmp_path):
     _run(shard_index, tmp_path)
     assert json.loads((tmp_path / "pretrain.json").read_text())["extra"]["resumed_from_step"] == 4
     assert not list(tmp_path.glob("stale-*"))
+
+
+def _srun_task(monkeypatch, rank: int, ntasks: int = 2) -> None:
+    """The variables srun gives task ``rank`` of one node (Lightning's SLURMEnvironment)."""
+    for key, value in {
+        "SLURM_NTASKS": ntasks,
+        "SLURM_NTASKS_PER_NODE": ntasks,
+        "SLURM_NNODES": 1,
+        "SLURM_PROCID": rank,
+        "SLURM_LOCALID": rank,
+        "SLURM_NODEID": 0,
+        "SLURM_JOB_ID": 7,
+        "SLURM_JOB_NAME": "python3",
+    }.items():
+        monkeypatch.setenv(key, str(value))
+
+
+def test_run_pretrain_other_ranks_wait_for_rank_0_and_never_export(
+    shard_index, tmp_path, monkeypatch
+):
+    """srun starts every rank at once: rank 1 of a finished run (the same global batch of
+    4 as 2 x 2) neither moves checkpoints nor writes the outputs, which rank 0 owns (every
+    rank exported, and raced, when all phases were done)."""
+    _run(shard_index, tmp_path)
+    outputs = [tmp_path / name for name in ("encoder.safetensors", "encoder.json", "pretrain.json")]
+    for path in outputs:
+        path.unlink()
+    _srun_task(monkeypatch, rank=1)
+    split = {"data.batch_size": 2, "trainer.devices": 2, "trainer.strategy": "ddp"}
+    _run(shard_index, tmp_path, split)
+    assert not any(path.exists() for path in outputs)
+    assert not list(tmp_path.glob("stale-*"))
+
+
+def test_wait_for_claim_returns_on_this_runs_claim_and_names_the_folder_on_timeout(tmp_path):
+    """A rank other than 0 goes on once rank 0 has written this run's fingerprint; a claim
+    by another run (or none) times out with a message naming the folder."""
+    claim_out_dir(tmp_path, "abc")
+    wait_for_claim(tmp_path, "abc", timeout_s=0.0)
+    with pytest.raises(TimeoutError, match=str(tmp_path)):
+        wait_for_claim(tmp_path, "other", timeout_s=0.3)
 
 
 @pytest.mark.parametrize(

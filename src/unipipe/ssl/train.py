@@ -46,6 +46,7 @@ __all__ = [
     "resolve_accelerator",
     "run_fingerprint",
     "run_pretrain",
+    "wait_for_claim",
 ]
 
 METRIC_COLUMNS = (
@@ -316,6 +317,29 @@ def claim_out_dir(out_dir: Path, fingerprint: str) -> None:
     write_json(marker, {"fingerprint": fingerprint})
 
 
+def wait_for_claim(out_dir: Path, fingerprint: str, *, timeout_s: float = 600.0) -> None:
+    """Wait until rank 0 has claimed ``out_dir`` for this run (see :func:`claim_out_dir`).
+
+    Raises:
+        TimeoutError: no claim by this run within ``timeout_s``, naming the folder.
+    """
+    marker = out_dir / RUN_MARKER
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass  # not written yet, or being replaced
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"rank 0 did not claim {out_dir} for this run within {timeout_s:.0f} s "
+                f"({marker} does not hold fingerprint {fingerprint}); see rank 0's log, or "
+                "check that every rank runs the same recipe, seed and shards"
+            )
+        time.sleep(0.2)
+
+
 def build_trainer(
     config: PretrainConfig, *, out_dir: Path, max_steps: int, metrics_path: Path
 ) -> L.Trainer:
@@ -466,7 +490,12 @@ def run_pretrain(
     plan = check_phases(index_parquet, config)  # before any checkpoint is moved or step run
     first = build_trainer(config, out_dir=out_dir, max_steps=plan[0].phase.end, metrics_path=stream)
     fingerprint = run_fingerprint(config, seed, index_parquet, world_size=first.world_size)
-    claim_out_dir(out_dir, fingerprint)
+    # Ranks that srun starts together all get here at once: only rank 0 moves stale
+    # checkpoints aside; the others wait for its claim before they look for one to resume.
+    if first.is_global_zero:
+        claim_out_dir(out_dir, fingerprint)
+    else:
+        wait_for_claim(out_dir, fingerprint)
     start = latest_checkpoint(out_dir)
     resumed = _checkpoint_step(start) if start else 0
     done, module, trainer, img_size = resumed, None, None, config.crops.global_size
@@ -506,7 +535,7 @@ def run_pretrain(
         module.zero_grad(set_to_none=True)
         done, start = phase.end, last
 
-    if trainer is not None and not trainer.is_global_zero:
+    if not first.is_global_zero:  # also when every phase was done and nothing trained
         return
     export_teacher(
         last,
