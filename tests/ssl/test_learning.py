@@ -11,11 +11,14 @@ from unipipe.ssl import PretrainConfig, run_pretrain
 from .conftest import TCGA_ZIP, TINY_YAML
 from .knn import knn_balanced_accuracy, load_tiles
 
-# benchmarks/pretrain/learning_margin.py with this recipe on these stores (CMU grids at offsets
-# 0 and 128 px): 20-NN balanced accuracy 0.600 at init for seeds 0 and 1, 0.633 and 0.717
-# after 100 steps (margins +0.033, +0.117). The test runs seed 0 and asks only for a gain.
-LEARNING = {"schedule.total_steps": 100, "checkpoint.every_n_steps": 1000, "data.num_workers": 1}
-MIN_MARGIN = 0.01
+# `benchmarks/pretrain/learning_margin.py --steps 150 --seeds 0 1 2 3 4 --offsets 0 128`,
+# this recipe on these stores (CMU grids at offsets 0 and 128 px): 20-NN balanced accuracy
+# 0.583-0.617 at init, margins +0.083, +0.167, +0.167, +0.150, +0.133 after 150 steps (min
+# +0.083, mean +0.140; at 100 steps the min was +0.033, two test tiles, too close to assert).
+# One test tile moves balanced accuracy by 1/60; the test asks seed 0 (the smallest margin)
+# for 3 tiles, 0.05.
+LEARNING = {"schedule.total_steps": 150, "checkpoint.every_n_steps": 1000, "data.num_workers": 1}
+MIN_MARGIN = 0.05
 
 
 @pytest.mark.slow
