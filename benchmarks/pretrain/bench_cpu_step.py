@@ -5,7 +5,7 @@ else is UNI's recipe (65,536 prototypes, iBOT on masked tokens, KoLeo, Sinkhorn-
 drop path 0.3 on batch subsets).
 
 Usage:
-    .venv/bin/python benchmarks/pretrain/bench_cpu_step.py [--threads 1] [--profile]
+    .venv/bin/python benchmarks/pretrain/bench_cpu_step.py [--threads 1] [--profile] [--compile]
     .venv/bin/python benchmarks/pretrain/bench_cpu_step.py --compare-rev REV --rounds 4
 
 ``--compare-rev`` times ``src/`` of a git revision and the working tree in fresh processes,
@@ -36,17 +36,18 @@ from common import ROOT, UNI_YAML, multicrop_batch, training_step_fn
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution")
 
 
-def _module(arch: str, batch_size: int):
+def _module(arch: str, batch_size: int, compile_trunk: bool = False, yaml: Path = UNI_YAML):
     from unipipe.ssl.config import PretrainConfig
     from unipipe.ssl.module import DINOv2Module
 
     cfg = PretrainConfig.from_yaml(
-        UNI_YAML,
+        yaml,
         {
             "model.arch": arch,
             "data.batch_size": batch_size,
             "augment.photometric_on": "worker",
             "trainer.precision": "32-true",  # an fp32 run: its optimiser choice, not bf16's
+            "trainer.compile": compile_trunk,
         },
     )
     torch.manual_seed(0)
@@ -76,9 +77,10 @@ def measure(args: argparse.Namespace) -> dict:
     # As run_pretrain does; revisions from before it existed run without it.
     keep = getattr(runtime, "keep_freed_host_memory", None)
     kept = bool(keep and keep())
-    batch, module = _module(args.arch, args.batch)
+    batch, module = _module(args.arch, args.batch, args.compile, Path(args.yaml))
     step = training_step_fn(module, batch, device="cpu", dtype=None)
-    step()
+    for _ in range(3 if args.compile else 1):  # inductor builds its graphs in the first steps
+        step()
     walls, cpus = [], []
     for _ in range(args.repeats):
         w0, c0 = time.perf_counter(), time.process_time()
@@ -91,6 +93,7 @@ def measure(args: argparse.Namespace) -> dict:
         "batch": args.batch,
         "crops": "2x224+8x96",
         "precision": "fp32",
+        "compiled": args.compile,
         "threads": args.threads,
         "median_s": round(statistics.median(walls), 3),
         "min_s": round(min(walls), 3),
@@ -106,22 +109,28 @@ def measure(args: argparse.Namespace) -> dict:
     return out
 
 
-def _export_src(rev: str, dest: Path) -> Path:
-    """``src/`` of git revision ``rev`` unpacked under ``dest`` (the working tree is untouched)."""
+def _export_tree(rev: str, dest: Path) -> Path:
+    """``src/`` and ``config/`` of git revision ``rev`` unpacked under ``dest``.
+
+    The recipe comes from the same revision: a newer config may carry keys an older ``src``
+    refuses.
+    """
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"],
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src", "config"],
         check=True,
         capture_output=True,
     ).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(dest, filter="data")
-    return dest / "src"
+    return dest
 
 
-def _run_worker(src: Path, args: argparse.Namespace) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(args.threads)}
+def _run_worker(tree: Path, args: argparse.Namespace) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, __file__, "--worker", "--arch", args.arch, "--batch", str(args.batch)]
+    cmd += ["--yaml", str(tree / UNI_YAML.relative_to(ROOT))]
     cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    cmd += ["--compile"] if args.compile else []
     done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -129,12 +138,12 @@ def _run_worker(src: Path, args: argparse.Namespace) -> dict:
 def compare(args: argparse.Namespace) -> dict:
     """Alternate fresh processes of revision ``args.compare_rev`` and the working tree."""
     with tempfile.TemporaryDirectory() as tmp:
-        variants = {"before": _export_src(args.compare_rev, Path(tmp)), "after": ROOT / "src"}
+        variants = {"before": _export_tree(args.compare_rev, Path(tmp)), "after": ROOT}
         runs: dict[str, list[dict]] = {name: [] for name in variants}
         loads = [os.getloadavg()[0]]
         for _ in range(args.rounds):
-            for name, src in variants.items():
-                runs[name].append(_run_worker(src, args))
+            for name, tree in variants.items():
+                runs[name].append(_run_worker(tree, args))
                 loads.append(os.getloadavg()[0])
     summary: dict = {"compare_rev": args.compare_rev, "threads": args.threads}
     for name, results in runs.items():
@@ -164,7 +173,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--profile", action="store_true", help="add the matmul share of a step")
+    parser.add_argument("--compile", action="store_true", help="trainer.compile (inductor)")
     parser.add_argument("--compare-rev", help="git revision to time against the working tree")
+    parser.add_argument("--yaml", default=str(UNI_YAML), help="the recipe (UNI's by default)")
     parser.add_argument("--rounds", type=int, default=3, help="alternations with --compare-rev")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
