@@ -7,6 +7,7 @@ at that step), then run_pretrain resumes it from the checkpoint to the end.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,3 +52,9 @@ if __name__ == "__main__":
         sidecar=out / "pretrain.json",
         seed=0,
     )
+    if cfg.trainer.compile:  # what dynamo captured, for the test to see it really compiled
+        from torch._dynamo.utils import counters
+
+        rank = os.environ.get("RANK", "0")
+        graphs = {"unique_graphs": counters["stats"]["unique_graphs"]}
+        (out / f"dynamo.rank{rank}.json").write_text(json.dumps(graphs))

@@ -1,7 +1,31 @@
-"""DINOv2 self-supervised pretraining (UNI's recipe) in Lightning on the curated Zarr shards."""
+"""DINOv2 self-supervised pretraining (UNI's recipe) in Lightning on the curated Zarr shards.
 
-from unipipe.ssl.config import PretrainConfig
-from unipipe.ssl.module import DINOv2Module, TrainingDivergedError
-from unipipe.ssl.train import run_pretrain
+The names below load their modules on first use: the workflow reads recipes
+(``unipipe.ssl.config``) when it parses the Snakefile, and importing Lightning there would
+add seconds to every Snakemake start and every cluster job's.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from unipipe.ssl.config import PretrainConfig
+    from unipipe.ssl.module import DINOv2Module, TrainingDivergedError
+    from unipipe.ssl.train import run_pretrain
 
 __all__ = ["DINOv2Module", "PretrainConfig", "TrainingDivergedError", "run_pretrain"]
+
+_HOMES = {
+    "PretrainConfig": "unipipe.ssl.config",
+    "DINOv2Module": "unipipe.ssl.module",
+    "TrainingDivergedError": "unipipe.ssl.module",
+    "run_pretrain": "unipipe.ssl.train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'unipipe.ssl' has no attribute {name!r}")

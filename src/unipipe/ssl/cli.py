@@ -30,7 +30,6 @@ from unipipe.errors import ConfigError
 from unipipe.logs import stage_logging
 from unipipe.runtime import limit_threads
 from unipipe.ssl.config import PretrainConfig
-from unipipe.ssl.train import run_pretrain
 
 __all__ = [
     "check_srun_tasks",
@@ -236,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_srun_tasks(config, env, args.config)
         logger.info("rank %s: %s", rank_label(env), _launch_note(env))
         limit_threads(threads_per_rank(args.threads, config, env))
+        # Here, not at the top: the workflow imports launch_command when it parses the
+        # Snakefile, and the training stack (torch, Lightning) would slow every parse.
+        from unipipe.ssl.train import run_pretrain
+
         run_pretrain(
             args.index,
             config=config,
