@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from unipipe.ssl import PretrainConfig
 from unipipe.ssl.cli import (
     check_srun_tasks,
     launch_command,
+    main,
     rank_label,
     rank_log_path,
     threads_per_rank,
@@ -196,6 +198,52 @@ def test_cli_refuses_overrides_that_are_not_a_json_object(shard_index, tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("unipipe: --overrides is '[1, 2]'")
     assert "pretrain.overrides" in (tmp_path / "logs" / "pretrain.log").read_text()
+
+
+@pytest.fixture
+def cli_args(tmp_path, monkeypatch) -> dict[str, str]:
+    """Arguments of a CLI run whose input files are there, with no launcher variables set.
+
+    Each case below fails before any shard is read, so the index is an empty file. The
+    log set-up is left out: it would replace the root logger's handlers, pytest's too.
+    """
+    for name in list(os.environ):
+        if name.startswith("SLURM") or name in _LAUNCH_VARS:
+            monkeypatch.delenv(name)
+    monkeypatch.setattr("unipipe.logs.setup_logging", lambda path: None)
+    (tmp_path / "index.parquet").write_bytes(b"")
+    (tmp_path / "index.csv").write_text("shard\n")
+    out = tmp_path / "run"
+    args = _cli_args(tmp_path / "index.parquet", out, {})
+    return dict(zip(args[::2], args[1::2], strict=True))
+
+
+@pytest.mark.parametrize(
+    ("change", "env", "words"),
+    [
+        ({"--config": "{tmp}/missing.yaml"}, {}, r"--config \S+missing\.yaml does not exist"),
+        ({"--config": "{tmp}"}, {}, r"--config \S+ is a folder"),
+        ({"--index": "{tmp}/missing.parquet"}, {}, r"--index \S+ does not exist.*build_dataset"),
+        ({"--index": "{tmp}"}, {}, r"--index \S+ is a folder"),
+        ({"--index": "{tmp}/index.csv"}, {}, r"--index \S+index\.csv is no \.parquet file"),
+        ({}, {"SLURM_NTASKS": "abc"}, r"SLURM_NTASKS is 'abc'.*srun"),
+        ({}, {"SLURM_NTASKS": "2", "SLURM_PROCID": "one"}, r"SLURM_PROCID is 'one'"),
+        ({"--seed": str(2**32)}, {}, r"--seed 4294967296 .*0 to 4294967295.*config key seed"),
+        ({"--seed": "-1"}, {}, r"--seed -1 "),
+    ],
+)
+def test_cli_refuses_bad_arguments_in_one_line(cli_args, tmp_path, monkeypatch, change, env, words):
+    """A missing or wrong input file, a SLURM variable that is no count or a seed numpy
+    refuses ends the CLI with its one-line error naming the argument, not a traceback."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = cli_args | {key: value.format(tmp=tmp_path) for key, value in change.items()}
+    with pytest.raises(SystemExit) as stop:
+        main([word for pair in args.items() for word in pair])
+    message = str(stop.value.code)
+    assert message.startswith("unipipe: ")
+    assert "\n" not in message
+    assert re.search(words, message), message
 
 
 # --- training through the CLI -----------------------------------------------------------------

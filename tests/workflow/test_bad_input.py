@@ -80,6 +80,12 @@ def test_bad_input_manifest_mpp_override_rescues_slide(tmp_path):
             "encoders:\n  dino_demo: {kind: pretrained, run: other}\n",
             "encoders.dino_demo.run is 'other', but this workflow trains pretrain.run",
         ),
+        # The recipe's high-res phase reads 512-px tiles that this curation would not cut.
+        (
+            "curate:\n  tiling:\n    specs: [{size_px: 256, mpp: 0.5}]\n"
+            "pretrain:\n  overrides:\n    highres.steps: 2\n",
+            "'highres.spec' is 512px_0.5mpp, which curate.tiling.specs does not cut",
+        ),
     ],
 )
 def test_bad_input_invalid_config_fails_at_start(tmp_path, config_text, expected):
@@ -115,3 +121,13 @@ def test_bad_input_results_dir_root_refused_by_schema(results_dir):
     config["results_dir"] = results_dir
     with pytest.raises(WorkflowError, match="results_dir"):
         validate(config, schema=str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+
+
+def test_bad_input_seed_beyond_32_bits_refused_by_schema():
+    """numpy seeds its generators with 32 bits: a larger seed fails the schema at start-up,
+    naming the key, instead of the pretrain job after curation."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    schema = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+    validate({**config, "seed": 2**32 - 1}, schema=schema)
+    with pytest.raises(WorkflowError, match="seed"):
+        validate({**config, "seed": 2**32}, schema=schema)

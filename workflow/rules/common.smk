@@ -17,13 +17,14 @@ from unipipe.curate.tiling import TilingParams
 from unipipe.curate.tissue import TissueParams
 from unipipe.embed.encoders import check_checkpoint_path
 from unipipe.embed.tiles import WSI_TILE_FILES
+from unipipe.errors import ConfigError
 from unipipe.evaluate.protocols import PROTOCOLS
 from unipipe.evaluate.run import BootstrapParams
 from unipipe.evaluate.segmentation import SegProbeParams
 from unipipe.evaluate.slide_manifest import MANIFEST_NAME, read_slide_manifest
 from unipipe.evaluate.slides import SLIDE_PARAM_SECTIONS, SLIDE_PROTOCOLS, SLIDE_PROTOCOL_SECTIONS
 from unipipe.evaluate.tasks import load_task_registry, task_status
-from unipipe.ssl.config import PretrainConfig
+from unipipe.ssl.config import PretrainConfig, check_curated_specs
 from unipipe.manifest import read_manifest
 
 _log = logging.getLogger("unipipe.workflow")
@@ -206,7 +207,9 @@ PARAM_SECTIONS = {
 _check_evaluate_params()
 # The recipe and its overrides are resolved now, so a typo fails here, not after curation.
 require_file("pretrain.config", config["pretrain"]["config"])
-PretrainConfig.from_yaml(config["pretrain"]["config"], config["pretrain"].get("overrides"))
+PRETRAIN_RECIPE = PretrainConfig.from_yaml(
+    config["pretrain"]["config"], config["pretrain"].get("overrides")
+)
 # curate.* section -> the dataclass its curation jobs build; built here too, so a bad value
 # stops the run at start-up instead of failing in every slide's job.
 CURATE_PARAM_SECTIONS = {
@@ -216,8 +219,19 @@ CURATE_PARAM_SECTIONS = {
     "selection": SelectionParams,
     "shards": ShardParams,
 }
-for _section, _cls in CURATE_PARAM_SECTIONS.items():
-    build_params(_cls, config["curate"][_section], f"curate.{_section}")
+CURATE_PARAMS = {
+    _section: build_params(_cls, config["curate"][_section], f"curate.{_section}")
+    for _section, _cls in CURATE_PARAM_SECTIONS.items()
+}
+# Pretraining checks its tile specs against the shards too, but only once every slide is
+# curated; a spec this curation does not cut is known now.
+try:
+    check_curated_specs(PRETRAIN_RECIPE, CURATE_PARAMS["tiling"].specs)
+except ConfigError as err:
+    raise ConfigError(
+        f"recipe {config['pretrain']['config']} (pretrain.config, pretrain.overrides) "
+        f"against curate.tiling.specs: {err}"
+    ) from err
 
 
 def slide_row(wildcards):

@@ -32,6 +32,7 @@ from unipipe.runtime import limit_threads
 from unipipe.ssl.config import PretrainConfig
 
 __all__ = [
+    "check_arguments",
     "check_srun_tasks",
     "launch_command",
     "main",
@@ -46,11 +47,45 @@ logger = logging.getLogger("unipipe.ssl.cli")
 
 # Job names under which Lightning treats a SLURM allocation as interactive and ignores it.
 _INTERACTIVE_JOB_NAMES = ("bash", "interactive")
+# SLURM's task variables read here or by Lightning, and the least value each can take.
+_SLURM_COUNTS = {
+    "SLURM_NTASKS": 1,
+    "SLURM_NNODES": 1,
+    "SLURM_CPUS_PER_TASK": 1,
+    "SLURM_PROCID": 0,
+    "SLURM_LOCALID": 0,
+    "SLURM_NODEID": 0,
+}
+# numpy seeds its generators with 32 bits: a larger --seed fails in the first data loader.
+SEED_MAX = 2**32 - 1
 
 
 def started_by_srun(env: Mapping[str, str]) -> bool:
     """Whether SLURM started this process as a task of a step (Lightning's own test)."""
     return "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in _INTERACTIVE_JOB_NAMES
+
+
+def _slurm_count(env: Mapping[str, str], name: str, default: int | None = None) -> int | None:
+    """A SLURM task variable as a number (``default`` when unset).
+
+    Raises:
+        ConfigError: it is set but is no count SLURM would give (``SLURM_NTASKS=abc``).
+    """
+    value = env.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < _SLURM_COUNTS[name]:
+        raise ConfigError(
+            f"{name} is {value!r}, not a count SLURM would set (a whole number >= "
+            f"{_SLURM_COUNTS[name]}); as SLURM_NTASKS is set, this process is read (here and "
+            "by Lightning) as a task that srun started: start it with srun, which sets these "
+            "variables, or unset the SLURM_* variables to train without SLURM"
+        )
+    return number
 
 
 def rank_label(env: Mapping[str, str]) -> str:
@@ -96,8 +131,8 @@ def check_srun_tasks(config: PretrainConfig, env: Mapping[str, str], recipe: str
     devices, nodes = _devices_per_node(config), config.trainer.num_nodes
     if not isinstance(devices, int):  # "auto": Lightning counts the node's devices itself
         return
-    ntasks = int(env["SLURM_NTASKS"])
-    nnodes = int(env.get("SLURM_NNODES", nodes))
+    ntasks = _slurm_count(env, "SLURM_NTASKS")
+    nnodes = _slurm_count(env, "SLURM_NNODES", nodes)
     if ntasks == devices * nodes and nnodes == nodes:
         return
     raise ConfigError(
@@ -118,8 +153,8 @@ def threads_per_rank(threads: int, config: PretrainConfig, env: Mapping[str, str
     """
     threads = max(1, int(threads))
     if started_by_srun(env):
-        cpus = env.get("SLURM_CPUS_PER_TASK")
-        return min(threads, int(cpus)) if cpus else threads
+        cpus = _slurm_count(env, "SLURM_CPUS_PER_TASK")
+        return min(threads, cpus) if cpus else threads
     devices = _devices_per_node(config)
     return max(1, threads // devices) if isinstance(devices, int) else threads
 
@@ -185,6 +220,42 @@ def parse_overrides(text: str) -> dict[str, Any]:
     return value
 
 
+def _require_file(option: str, path: str, fix: str) -> None:
+    if not Path(path).is_file():
+        what = "is a folder" if Path(path).is_dir() else "does not exist"
+        raise ConfigError(f"{option} {path} {what}; {fix}")
+
+
+def check_arguments(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """Refuse input files, a seed and SLURM variables that training would fail on later,
+    with a traceback from deep inside zarr, numpy or Lightning.
+
+    Raises:
+        ConfigError: naming the argument or variable and the fix.
+    """
+    _require_file(
+        "--config",
+        args.config,
+        "pass a recipe YAML such as config/pretrain/tiny_cpu.yaml (the workflow passes config "
+        "key pretrain.config)",
+    )
+    index_fix = (
+        "pass the shard index parquet that build_dataset writes (results/shards/index.parquet "
+        "by default)"
+    )
+    if Path(args.index).suffix != ".parquet" and not Path(args.index).is_dir():
+        raise ConfigError(f"--index {args.index} is no .parquet file; {index_fix}")
+    _require_file("--index", args.index, index_fix)
+    if not 0 <= args.seed <= SEED_MAX:
+        raise ConfigError(
+            f"--seed {args.seed} is not a seed numpy accepts (0 to {SEED_MAX}); pass one in "
+            "that range (the workflow passes config key seed)"
+        )
+    if started_by_srun(env):
+        for name in _SLURM_COUNTS:
+            _slurm_count(env, name)
+
+
 def _launch_note(env: Mapping[str, str]) -> str:
     if started_by_srun(env):
         return (
@@ -231,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     env = os.environ
     with stage_logging(rank_log_path(args.log, rank_label(env))):
+        check_arguments(args, env)
         config = PretrainConfig.from_yaml(args.config, parse_overrides(args.overrides))
         check_srun_tasks(config, env, args.config)
         logger.info("rank %s: %s", rank_label(env), _launch_note(env))

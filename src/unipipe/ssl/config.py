@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import yaml
@@ -28,15 +29,33 @@ __all__ = [
     "PretrainConfig",
     "ScheduleConfig",
     "TrainerConfig",
+    "check_curated_specs",
     "merge_overrides",
 ]
 
 
-def _tuple(obj: Any, name: str, length: int | None = None) -> None:
-    """Store list-valued YAML fields as tuples so the frozen config hashes and compares."""
-    value = tuple(getattr(obj, name))
-    if length is not None and len(value) != length:
-        raise ConfigError(f"pretrain key {name!r} needs {length} values, got {value!r}")
+def _tuple(obj: Any, key: str, length: int) -> None:
+    """Store a list of numbers from YAML as a tuple, so the frozen config hashes and compares.
+
+    ``key`` is the dotted recipe key (``model.std``); its last part is the field. Checked
+    here because check_field_type leaves lists alone, and a text entry would otherwise
+    fail later as "'>' not supported between 'str' and 'float'".
+    """
+    name = key.rpartition(".")[2]
+    value = getattr(obj, name)
+    what = f"a list of {length} numbers"
+    _check(
+        isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping),
+        key,
+        f"is {value!r}; write {what}",
+    )
+    value = tuple(value)
+    _check(len(value) == length, key, f"needs {length} values, got {value!r}; write {what}")
+    _check(
+        all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value),
+        key,
+        f"is {value!r}; write {what} (unquoted)",
+    )
     object.__setattr__(obj, name, value)
 
 
@@ -61,8 +80,16 @@ class ModelConfig:
     sdpa: bool = True  # timm fused attention (torch scaled_dot_product_attention)
 
     def __post_init__(self) -> None:
-        _tuple(self, "mean", 3)
-        _tuple(self, "std", 3)
+        _tuple(self, "model.mean", 3)
+        _tuple(self, "model.std", 3)
+        # Inputs are divided by std: 0 gives inf (NaN by the first step), < 0 flips a channel.
+        _check(all(s > 0 for s in self.std), "model.std", f"{self.std}: every entry must be > 0")
+        _check(
+            isinstance(self.kwargs, Mapping),
+            "model.kwargs",
+            f"is {self.kwargs!r}; write a mapping of timm keyword arguments, e.g. "
+            "{img_size: 224, init_values: 1.0e-5}",
+        )
         object.__setattr__(self, "kwargs", dict(self.kwargs))
         _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
         _check("drop_path_rate" not in self.kwargs, "model.kwargs", "set model.drop_path_rate")
@@ -80,8 +107,8 @@ class CropConfig:
     local_scale: tuple[float, float] = (0.05, 0.32)
 
     def __post_init__(self) -> None:
-        _tuple(self, "global_scale", 2)
-        _tuple(self, "local_scale", 2)
+        _tuple(self, "crops.global_scale", 2)
+        _tuple(self, "crops.local_scale", 2)
         _check(self.n_local >= 0, "crops.n_local", "must be >= 0")
         _check(self.global_size > 0 and self.local_size > 0, "crops.global_size", "must be > 0")
         for key in ("global_scale", "local_scale"):
@@ -105,9 +132,9 @@ class AugmentConfig:
     photometric_on: Literal["worker", "device"] = "worker"
 
     def __post_init__(self) -> None:
-        _tuple(self, "jitter", 4)
-        _tuple(self, "blur_p", 3)
-        _tuple(self, "blur_sigma", 2)
+        _tuple(self, "augment.jitter", 4)
+        _tuple(self, "augment.blur_p", 3)
+        _tuple(self, "augment.blur_sigma", 2)
         _check(
             self.photometric_on in ("worker", "device"), "augment.photometric_on", "worker|device"
         )
@@ -116,6 +143,22 @@ class AugmentConfig:
         probs |= {f"blur_p[{i}]": p for i, p in enumerate(self.blur_p)}
         for key, prob in probs.items():
             _check(0.0 <= prob <= 1.0, f"augment.{key}", "is a probability: must be in [0, 1]")
+        # Both photometric paths draw each factor from [max(0, 1 - s), 1 + s] and the hue
+        # shift from [-h, h] of the colour wheel, as torchvision's ColorJitter: a negative
+        # strength turns the range around, a hue beyond 0.5 wraps onto the other side.
+        *strengths, hue = self.jitter
+        _check(
+            min(strengths) >= 0,
+            "augment.jitter",
+            f"{self.jitter}: brightness, contrast and saturation strengths must be >= 0",
+        )
+        _check(0 <= hue <= 0.5, "augment.jitter", f"{self.jitter}: hue must be in [0, 0.5]")
+        # The device path's blur divides by sigma squared: sigma 0 gives NaN crops there
+        # while the worker path would pass it unblurred.
+        low, high = self.blur_sigma
+        _check(0 < low <= high, "augment.blur_sigma", f"{self.blur_sigma}: needs 0 < min <= max")
+        # A negative strength would turn stain jitter off silently (it runs when > 0).
+        _check(self.hed_sigma >= 0, "augment.hed_sigma", "must be >= 0 (0 = off)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -200,7 +243,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self) -> None:
-        _tuple(self, "betas", 2)
+        _tuple(self, "optim.betas", 2)
+        # AdamW refuses these only when the optimiser is built, after run.json is written.
+        _check(all(0 <= b < 1 for b in self.betas), "optim.betas", f"{self.betas}: each in [0, 1)")
         _check(self.base_lr > 0, "optim.base_lr", "must be > 0")
         _check(0 <= self.min_lr <= self.base_lr, "optim.min_lr", "must be in [0, base_lr]")
         # A negative norm flips every gradient (clip_grad_norm_ scales by max_norm / norm).
@@ -221,28 +266,44 @@ class ScheduleConfig:
     freeze_last_layer_epochs: float = 1
 
     def __post_init__(self) -> None:
-        _tuple(self, "teacher_temp", 2)
-        _tuple(self, "momentum", 2)
+        _tuple(self, "schedule.teacher_temp", 2)
+        _tuple(self, "schedule.momentum", 2)
         _check(self.total_steps > 0, "schedule.total_steps", "must be > 0")
         _check(self.steps_per_epoch > 0, "schedule.steps_per_epoch", "must be > 0")
+        for key in ("warmup_epochs", "teacher_temp_warmup_epochs", "freeze_last_layer_epochs"):
+            _check(getattr(self, key) >= 0, f"schedule.{key}", "must be >= 0 (0 = none)")
         _check(all(t > 0 for t in self.teacher_temp), "schedule.teacher_temp", "must be > 0")
-        # m outside [0, 1] moves the EMA teacher away from the student.
-        _check(all(0 <= m <= 1 for m in self.momentum), "schedule.momentum", "must be in [0, 1]")
+        # m outside [0, 1] moves the EMA teacher away from the student. The cosine goes from
+        # start to end: falling, the teacher would follow the student ever faster as training
+        # ends; from 1 it would stay at its random initialisation for the whole run.
+        start, end = self.momentum
+        _check(
+            0 <= start <= end <= 1 and start < 1,
+            "schedule.momentum",
+            f"[start, end] is {list(self.momentum)}; it needs 0 <= start <= end <= 1 with "
+            "start < 1 (DINOv2: [0.992, 1.0])",
+        )
 
 
 def _spec_name(value: str | Mapping[str, Any] | None, key: str) -> str | None:
     """The shard stores' name of a tile spec (``512px_0.5mpp``), from that name or from a
     ``{size_px, mpp}`` mapping as curate.tiling.specs writes it; None stays None."""
-    if value is None:
-        return None
+    spec = _tile_spec(value, key)
+    return None if spec is None else spec.name
+
+
+def _tile_spec(value: str | Mapping[str, Any] | TileSpec | None, key: str) -> TileSpec | None:
+    """The tile spec a name (``512px_0.5mpp``) or a ``{size_px, mpp}`` mapping stands for."""
+    if value is None or isinstance(value, TileSpec):
+        return value
     reason = ""
     try:
         if isinstance(value, Mapping):
-            return TileSpec.coerce(value).name
+            return TileSpec.coerce(value)
         size, sep, mpp = str(value).removesuffix("mpp").partition("px_")
         # Through TileSpec, so that 0.50 and 0.5 name the same spec, as in the stores.
         if isinstance(value, str) and value.endswith("mpp") and sep and size.isdigit():
-            return TileSpec(int(size), float(mpp)).name
+            return TileSpec(int(size), float(mpp))
     except (ConfigError, ValueError, TypeError) as err:
         reason = f" ({str(err).removeprefix('curate.tiling.specs: ')})"
     raise ConfigError(
@@ -257,7 +318,8 @@ class HighResConfig:
 
     ``spec`` names the tile spec its crops are cut from (UNI: 512px_0.5mpp); None reads
     the main phase's (``data.spec``). A crop larger than that spec's patches is refused
-    when pretraining starts (``unipipe.ssl.data.check_phases``).
+    when the workflow starts (`check_curated_specs`) and when pretraining starts
+    (``unipipe.ssl.data.check_phases``).
     """
 
     steps: int = 0  # final optimiser steps run at high resolution, 0 = off
@@ -305,6 +367,13 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         _check(self.strategy in ("auto", "single", "ddp", "fsdp"), "trainer.strategy", "unknown")
         _check(
+            self.accelerator in _ACCELERATORS,
+            "trainer.accelerator",
+            f"{self.accelerator!r} is not one of {', '.join(_ACCELERATORS)} (Lightning's tpu "
+            "and hpu need packages this project does not install)",
+        )
+        _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
+        _check(
             self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1),
             "trainer.devices",
             "must be an int >= 1 or 'auto'",
@@ -328,6 +397,10 @@ class TrainerConfig:
             "use bf16-mixed or 32-true with strategy fsdp",
         )
 
+
+# Lightning's accelerator names that train here with the installed packages (train.py's
+# resolve_accelerator treats gpu and cuda alike; auto picks cuda, mps or cpu).
+_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 # trainer.precision values -> Lightning's full name of each. bf16-true and 16-true are left
 # out: with half-precision weights the EMA step (1 - m) (s - t), ~0.007 x the gap early and
@@ -413,14 +486,52 @@ class PretrainConfig:
                 key,
                 f"{size} px is not a multiple of model.patch_size ({self.model.patch_size})",
             )
+        if self.loss.ibot_weight > 0:
+            self._check_masks_fit(sizes)
+
+    def _check_masks_fit(self, sizes: Mapping[str, int]) -> None:
+        """Refuse masking that masks no crop: the iBOT loss would be 0 for the whole run."""
+        m = self.masking
+        _check(
+            m.sample_prob > 0,
+            "masking.sample_prob",
+            "is 0: no global crop is masked and the iBOT loss would be 0 for the whole run; "
+            "set it > 0 (DINOv2: 0.5) or loss.ibot_weight: 0",
+        )
+        key = min((k for k in sizes if k.endswith("global_size")), key=sizes.__getitem__)
+        side = sizes[key] // self.model.patch_size
+        # collate masks int(side^2 * ratio) patches of a crop, ratio <= ratio_max, in blocks
+        # of at least min_patches, each at most (side - 1) patches high and wide (masking.py).
+        most = min(int(side * side * m.ratio_max), (side - 1) ** 2)
+        _check(
+            m.min_patches <= most,
+            "masking.min_patches",
+            f"blocks of {m.min_patches} patches do not fit in the at most {most} patches masked "
+            f"of a {side}x{side} patch grid ({key} {sizes[key]} / model.patch_size "
+            f"{self.model.patch_size}, masking.ratio_max {m.ratio_max}): no crop would be "
+            f"masked and the iBOT loss would be 0 for the whole run; lower it to at most "
+            f"{most}, raise masking.ratio_max, or set loss.ibot_weight: 0",
+        )
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> PretrainConfig:
         """Build from a mapping of group name -> fields (unknown groups or keys raise)."""
+        if raw is not None and not isinstance(raw, Mapping):
+            raise ConfigError(
+                f"pretrain config is {raw!r}, not a mapping of groups; write each group as a "
+                "key (model:, crops:, schedule:, ...) as config/pretrain/tiny_cpu.yaml does"
+            )
         raw = dict(raw or {})
         unknown = sorted(set(raw) - set(_GROUPS))
         if unknown:
             raise ConfigError(f"pretrain config has unknown group(s) {unknown}; {sorted(_GROUPS)}")
+        for name, section in raw.items():
+            if section is not None and not isinstance(section, Mapping):
+                raise ConfigError(
+                    f"pretrain group {name!r} is {section!r}, not a mapping of its fields; "
+                    f"write it as `{name}:` with its fields indented below (as in "
+                    "config/pretrain/tiny_cpu.yaml), or leave it out for its defaults"
+                )
         groups = {
             name: build_params(group, raw.get(name), f"pretrain.{name}")
             for name, group in _GROUPS.items()
@@ -436,12 +547,20 @@ class PretrainConfig:
         Args:
             path: e.g. ``config/pretrain/tiny_cpu.yaml``.
             overrides: dotted keys (``{"schedule.total_steps": 4}``) or nested mappings
-                (``{"schedule": {"total_steps": 4}}``); they win over the file.
+                (``{"schedule": {"total_steps": 4}}``); they win over the file. Those of
+                ``model.kwargs`` are merged into the file's kwargs (see `merge_overrides`).
+
+        Raises:
+            ConfigError: the file is missing, empty, not YAML, gives a key twice or is no
+                mapping of groups, or a value is refused; the message names the file.
         """
         _check_override_types(overrides)
-        with open(path) as fh:
-            raw = yaml.safe_load(fh) or {}
-        return cls.from_dict(merge_overrides(raw, overrides))
+        raw = read_recipe(path)
+        try:
+            return cls.from_dict(merge_overrides(raw, overrides))
+        except ConfigError as err:
+            with_overrides = " with its overrides" if overrides else ""
+            raise ConfigError(f"recipe {path}{with_overrides}: {err}") from err
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (the resolved config written into sidecars)."""
@@ -467,17 +586,174 @@ def _check_override_types(overrides: Mapping[str, Any] | None) -> None:
 
 
 def merge_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Return ``raw`` with dotted or nested ``overrides`` applied (inputs are not modified)."""
+    """Return ``raw`` with dotted or nested ``overrides`` applied (inputs are not modified).
+
+    A field's override replaces the file's value, except ``model.kwargs``: that mapping is
+    merged key by key into the file's kwargs (``{"model.kwargs": {"depth": 2}}`` or
+    ``{"model.kwargs.depth": 2}``), and a key overridden with None is removed from it, so
+    that timm's default applies. Replacing the whole mapping would silently drop the
+    recipe's other kwargs (its position grid, LayerScale).
+    """
     merged = copy.deepcopy(dict(raw))
     for key, value in (overrides or {}).items():
         if isinstance(value, Mapping) and "." not in key:
-            for sub, sub_value in value.items():
-                merged.setdefault(key, {})[sub] = sub_value
-            continue
-        group, _, field = key.partition(".")
-        if not field:
-            raise ConfigError(f"override {key!r} must be `group.field` or a nested mapping")
-        merged.setdefault(group, {})
-        merged[group] = dict(merged[group] or {})
-        merged[group][field] = value
+            items = [(key, field, field_value) for field, field_value in value.items()]
+        else:
+            group, _, field = key.partition(".")
+            if not field:
+                raise ConfigError(f"override {key!r} must be `group.field` or a nested mapping")
+            items = [(group, field, value)]
+        for group, field, field_value in items:
+            section = merged.get(group)
+            if section is not None and not isinstance(section, Mapping):
+                continue  # from_dict refuses the file's group, naming it
+            merged[group] = section = dict(section or {})
+            name, _, sub = field.partition(".")
+            if group == "model" and name == "kwargs":
+                section["kwargs"] = _merge_kwargs(section.get("kwargs"), sub, field_value)
+            else:
+                section[field] = field_value
     return merged
+
+
+def _merge_kwargs(kwargs: Any, sub: str, value: Any) -> Any:
+    """The file's model.kwargs with an override of one of its keys (``sub``) or of several."""
+    changes = {sub: value} if sub else value
+    # Either one no mapping: kept as it is, so that ModelConfig refuses it, naming the key.
+    if not isinstance(kwargs, Mapping | None):
+        return kwargs
+    if not isinstance(changes, Mapping):
+        return changes
+    merged = dict(kwargs or {})
+    for name, new in changes.items():
+        if new is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = new
+    return merged
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    PyYAML keeps the last of two equal keys without a word, so a recipe edited by adding a
+    line rather than changing one would train with whichever came last.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<` merges may repeat keys on purpose: the explicit key wins
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise ConfigError(
+                        f"pretrain recipe {self.name}, line {line}: {key!r} is given twice in "
+                        f"one mapping (first on line {first_line[key]}), and YAML would keep "
+                        "only the last without a word; delete one of them"
+                    )
+                first_line[key] = line
+            except TypeError:
+                pass  # an unhashable key: construct_mapping below says so
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A recipe YAML file as a mapping of group name -> fields, before any checks of values.
+
+    Raises:
+        ConfigError: the file is missing, empty (or only comments), not YAML, gives a key
+            twice or holds no mapping; the message names the file and the fix.
+    """
+    start = "start from config/pretrain/tiny_cpu.yaml or config/pretrain/uni_vitl16.yaml"
+    try:
+        with open(path) as fh:
+            raw = yaml.load(fh, Loader=_RecipeLoader)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise ConfigError(
+            f"pretrain recipe {path} {what}; point pretrain.config (the CLI's --config) at a "
+            f"recipe YAML file, or {start}"
+        ) from err
+    except OSError as err:
+        raise ConfigError(f"pretrain recipe {path} cannot be read: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(
+            f"pretrain recipe {path} is not valid YAML{where}: {problem}; fix that line "
+            "(config/pretrain/tiny_cpu.yaml shows the layout)"
+        ) from None
+    if raw is None:
+        raise ConfigError(
+            f"pretrain recipe {path} is empty; every group would silently take its defaults "
+            f"(UNI's ViT-L/16, 125,000 steps, bf16-mixed) instead: {start} and edit it"
+        )
+    if not isinstance(raw, Mapping):
+        what = f"a {type(raw).__name__}" if isinstance(raw, list) else repr(raw)
+        raise ConfigError(
+            f"pretrain recipe {path} is {what}, not a mapping of groups; write each group as "
+            "a top-level key (model:, crops:, schedule:, ...) as config/pretrain/tiny_cpu.yaml "
+            "does"
+        )
+    return dict(raw)
+
+
+def check_curated_specs(
+    config: PretrainConfig, specs: Sequence[TileSpec | Mapping[str, Any] | str]
+) -> None:
+    """Refuse a recipe whose phases read a tile spec that curation does not cut, or cut
+    crops larger than that spec's patches.
+
+    ``unipipe.ssl.data.check_phases`` checks the same against the shards when pretraining
+    starts; this checks it against ``curate.tiling.specs`` when the workflow starts, before
+    any slide is curated. Each phase reads its spec as plan_phases resolves it: the main
+    one ``data.spec`` (unset: the stores' root spec, the first of ``specs``), the
+    high-resolution one (when ``highres.steps`` > 0) ``highres.spec``, else the main one's.
+
+    Raises:
+        ConfigError: naming the recipe key and the fix.
+    """
+    curated = {}
+    for spec in specs:
+        tile = _tile_spec(spec, "curate.tiling.specs")
+        curated[tile.name] = tile
+    names = ", ".join(curated)
+    phases = [("main", "data.spec", config.data.spec, "crops", config.crops)]
+    hr = config.highres
+    if hr.steps:
+        spec_key = "highres.spec" if hr.spec else "data.spec"
+        phases.append(("high-resolution", spec_key, hr.spec or config.data.spec, "highres", hr))
+    for phase, spec_key, name, group, sizes in phases:
+        own_key = "highres.spec" if group == "highres" else "data.spec"
+        if name is None:
+            name = next(iter(curated))
+            which = f"{name}, the first of curate.tiling.specs ({spec_key} unset)"
+        elif name in curated:
+            which = f"{name} ({spec_key})"
+        else:
+            tile = _tile_spec(name, spec_key)
+            off = "; or highres.steps: 0 for no high-resolution phase" if group == "highres" else ""
+            raise ConfigError(
+                f"pretrain key {spec_key!r} is {name}, which curate.tiling.specs does not cut "
+                f"(it cuts {names}): the {phase} phase would find no patches once every slide "
+                f"is curated. Add {{size_px: {tile.size_px}, mpp: {tile.mpp:g}}} to "
+                f"curate.tiling.specs, or set {own_key} to one of {names}{off}"
+            )
+        if own_key != spec_key:
+            which = which.removesuffix(")") + f"; {own_key} unset)"
+        patch = curated[name].size_px
+        for crop in ("global_size", "local_size"):
+            size = getattr(sizes, crop)
+            if size > patch:
+                larger = [n for n, t in curated.items() if t.size_px >= size]
+                fix = f"one of {', '.join(larger)}" if larger else "a spec added there"
+                raise ConfigError(
+                    f"pretrain key '{group}.{crop}': {size}-px crops cut from the {patch}-px "
+                    f"patches of tile spec {which} would all be upsampled, adding no detail. "
+                    f"Set {own_key} to a spec of curate.tiling.specs with patches of at least "
+                    f"{size} px ({fix}), or lower {group}.{crop} to at most {patch}"
+                )
