@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -313,3 +314,57 @@ def test_check_phases_refuses_crops_larger_than_their_patches(shard_index, overr
     spec_key = "highres.spec" if key.startswith("highres") else "data.spec"
     with pytest.raises(ConfigError, match=rf"'{key}'.*-px patches.*Set {spec_key} to"):
         check_phases(shard_index, cfg)
+
+
+def _damage(shard_index: Path, tmp_path: Path, damage: str) -> tuple[pd.DataFrame, Path]:
+    """The index with its first store moved away, or pointing at a copy of that store whose
+    512-px spec group was deleted; and that store's path."""
+    table = pd.read_parquet(shard_index)
+    first = table["shard_zarr"].iloc[0]
+    if damage == "moved_store":
+        store = tmp_path / "moved" / Path(first).name
+    else:
+        store = tmp_path / Path(first).name
+        shutil.copytree(first, store)
+        shutil.rmtree(store / HIGHRES_SPEC)
+    table.loc[table["shard_zarr"] == first, "shard_zarr"] = str(store)
+    return table, store
+
+
+@pytest.mark.parametrize("source", ["index", "list"])
+@pytest.mark.parametrize("damage", ["moved_store", "deleted_spec_group"])
+def test_check_phases_refuses_a_store_or_spec_group_missing_on_disk(
+    shard_index, tmp_path, source, damage
+):
+    """A store listed in the index (or given) but moved away, or whose high-res group was
+    deleted, fails before training, naming the store, the spec, the index and the fix. It
+    failed when the data module opened it (FileNotFoundError), the high-res group after
+    the whole main phase (KeyError: '512px_0.5mpp')."""
+    table, store = _damage(shard_index, tmp_path, damage)
+    index = tmp_path / "index.parquet"
+    table.to_parquet(index)
+    given = index if source == "index" else list(dict.fromkeys(table["shard_zarr"]))
+    cfg = PretrainConfig.from_yaml(TINY_YAML, {"highres.steps": 2})
+    with pytest.raises(ConfigError) as err:
+        check_phases(given, cfg)
+    message = str(err.value)
+    spec = HIGHRES_SPEC if damage == "deleted_spec_group" else "256px_0.5mpp"
+    parts = [str(store), "re-run curation for that slide"]
+    parts += [str(index), spec, "build_dataset"] if source == "index" else []
+    for part in parts:
+        assert part in message, part
+
+
+def test_check_phases_still_leaves_out_a_store_the_index_lists_without_the_spec(
+    shard_index, tmp_path, caplog
+):
+    """A store without the high-res group is left out of that phase with a warning, not
+    refused, when the index does not list that spec for it."""
+    table, store = _damage(shard_index, tmp_path, "deleted_spec_group")
+    index = tmp_path / "index.parquet"
+    table[(table["shard_zarr"] != str(store)) | (table["spec"] != HIGHRES_SPEC)].to_parquet(index)
+    cfg = PretrainConfig.from_yaml(TINY_YAML, {"highres.steps": 2})
+    with caplog.at_level("WARNING", logger="unipipe.ssl.data"):
+        main, highres = check_phases(index, cfg)
+    assert (main.n_stores, highres.n_stores, highres.stores_without_spec) == (2, 1, (str(store),))
+    assert str(store) in caplog.text

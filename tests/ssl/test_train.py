@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pandas as pd
@@ -21,6 +22,7 @@ from unipipe.ssl import data as ssl_data
 from unipipe.ssl.data import PretrainDataModule
 from unipipe.ssl.module import DINOv2Module
 from unipipe.ssl.train import (
+    MetricsCSV,
     build_trainer,
     claim_out_dir,
     latest_checkpoint,
@@ -70,38 +72,56 @@ def _run(shard_index, out, overrides=None, seed=0):
     return cfg
 
 
-def test_run_pretrain_writes_every_output(shard_index, tmp_path):
+@pytest.fixture(scope="module")
+def finished_run(shard_index, tmp_path_factory) -> Path:
+    """The out_dir of one finished QUICK run (seed 0), to be copied, never changed."""
+    out = tmp_path_factory.mktemp("finished")
+    _run(shard_index, out)
+    return out
+
+
+def _copy(run: Path, out: Path) -> Path:
+    shutil.copytree(run, out)
+    return out
+
+
+def _without_outputs(run: Path) -> None:
+    """What Snakemake leaves of a run it reruns: the outputs are deleted first."""
+    for name in ("encoder.safetensors", "encoder.json", "metrics.csv", "pretrain.json"):
+        (run / name).unlink()
+
+
+def test_run_pretrain_writes_every_output(finished_run):
     """Checkpoints, one metrics row per step, a timm-loadable teacher and the sidecar."""
-    cfg = _run(shard_index, tmp_path)
-    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    cfg = PretrainConfig.from_yaml(TINY_YAML, QUICK)
+    metrics = pd.read_csv(finished_run / "metrics.csv")
     assert metrics["step"].tolist() == [1, 2, 3, 4]
     assert {"total", "dino", "ibot", "koleo", "lr", "wd", "momentum", "teacher_temp"} <= set(
         metrics
     )
     assert metrics[["total", "dino", "ibot", "koleo"]].notna().all().all()
-    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    names = sorted(p.name for p in (finished_run / "checkpoints").iterdir())
     assert names == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt"]
 
-    meta = json.loads((tmp_path / "encoder.json").read_text())
+    meta = json.loads((finished_run / "encoder.json").read_text())
     plain = timm.create_model(meta["arch"], pretrained=False, **meta["kwargs"])
-    plain.load_state_dict(load_file(tmp_path / "encoder.safetensors"))
-    model, info = load_encoder(tmp_path / "encoder.json")
+    plain.load_state_dict(load_file(finished_run / "encoder.safetensors"))
+    model, info = load_encoder(finished_run / "encoder.json")
     assert (info.embed_dim, info.img_size, info.patch_size) == (192, 112, 16)
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    ckpt = torch.load(finished_run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     torch.testing.assert_close(
         model.state_dict()["blocks.3.mlp.fc2.weight"],
         ckpt["teacher.backbone.vit.blocks.3.mlp.fc2.weight"],
     )
-    sidecar = json.loads((tmp_path / "pretrain.json").read_text())
+    sidecar = json.loads((finished_run / "pretrain.json").read_text())
     assert sidecar["params"]["config"] == json.loads(json.dumps(cfg.to_dict()))
     assert sidecar["extra"]["final_step"] == 4
     assert "torch" in sidecar["versions"]
 
 
-def test_run_pretrain_resumed_equals_uninterrupted(shard_index, tmp_path):
+def test_run_pretrain_resumed_equals_uninterrupted(shard_index, finished_run, tmp_path):
     """Stopping after 2 of 4 steps and rerunning gives the same teacher and losses."""
-    straight = tmp_path / "straight"
-    _run(shard_index, straight)
+    straight = finished_run
 
     resumed = tmp_path / "resumed"  # an interrupted run: run_pretrain's set-up, stopped at step 2
     cfg = PretrainConfig.from_yaml(TINY_YAML, QUICK)
@@ -169,16 +189,21 @@ def test_run_pretrain_killed_mid_phase_resumes_to_the_uninterrupted_run(
     _run(shard_index, straight, hr)
     assert patch_shapes == [(256, 256, 3), (512, 512, 3)][: 1 + bool(overrides)]
 
-    killed = tmp_path / "killed"  # what a kill just after that step's checkpoint leaves
-    shutil.copytree(straight, killed)
+    # What a kill while last.ckpt was rewritten just after that step's checkpoint leaves,
+    # in a copy of the folder: Lightning, which forgets its last.ckpt in a moved folder,
+    # wrote last-v1.ckpt next to the cut-off one, which no rerun looked at.
+    killed = _copy(straight, tmp_path / "killed")
     for step in range(killed_after + 1, 5):
         (killed / "checkpoints" / f"step{step:07d}.ckpt").unlink()
-    (killed / "checkpoints" / "last.ckpt").unlink()
-    for name in ("encoder.safetensors", "encoder.json", "metrics.csv", "pretrain.json"):
-        (killed / name).unlink()
+    last = killed / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    _without_outputs(killed)
     patch_shapes.clear()
     _run(shard_index, killed, hr)
     assert patch_shapes == read_after
+    names = sorted(p.name for p in (killed / "checkpoints").iterdir())
+    assert names == ["last.ckpt", *(f"step{step:07d}.ckpt" for step in range(1, 5))]
+    assert latest_checkpoint(killed) == last
 
     sidecar = json.loads((killed / "pretrain.json").read_text())
     assert sidecar["extra"]["resumed_from_step"] == killed_after
@@ -219,6 +244,24 @@ def test_run_pretrain_refuses_a_missing_spec_or_oversized_crops_at_start_up(
     assert old.read_bytes() == b"a checkpoint of an earlier run"
 
 
+def test_run_pretrain_refuses_moved_stores_before_moving_checkpoints(shard_index, tmp_path):
+    """An index whose stores were moved fails at start-up, naming a store and the fix,
+    and leaves the checkpoints of the run that owns out_dir where they are (it failed when
+    the data module opened the stores, after the claim had moved them aside)."""
+    table = pd.read_parquet(shard_index)
+    table["shard_zarr"] = [str(tmp_path / "moved" / Path(p).name) for p in table["shard_zarr"]]
+    index = tmp_path / "index.parquet"
+    table.to_parquet(index)
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint of the owning run")
+    (out / "run.json").write_text(json.dumps({"fingerprint": "owner"}))
+    with pytest.raises(ConfigError, match=r"moved/cmu_0.zarr .*does not exist.*build_dataset"):
+        _run(index, out)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "run.json"]
+    assert json.loads((out / "run.json").read_text()) == {"fingerprint": "owner"}
+
+
 def test_run_pretrain_different_seed_different_teacher(shard_index, tmp_path):
     """The seed reaches data order and augmentation: another seed trains another teacher."""
     _run(shard_index, tmp_path / "a", {"schedule.total_steps": 2})
@@ -256,6 +299,17 @@ def test_latest_checkpoint_prefers_furthest_requeue_checkpoint(tmp_path):
     torch.save({"global_step": 12}, tmp_path / "hpc_ckpt_1.ckpt")
     torch.save({"global_step": 4}, tmp_path / "hpc_ckpt_2.ckpt")
     assert latest_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
+
+
+def test_latest_checkpoint_looks_at_versioned_last_checkpoints(tmp_path):
+    """A last-v1.ckpt that Lightning wrote next to an older last.ckpt (a resume in a moved
+    folder, with keep_last 0 the only copy of the latest step) is resumed from."""
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    torch.save({"global_step": 10}, ckpts / "last.ckpt")
+    torch.save({"global_step": 14}, ckpts / "last-v1.ckpt")
+    torch.save({"global_step": 12}, ckpts / "last-v2.ckpt")
+    assert latest_checkpoint(tmp_path) == ckpts / "last-v1.ckpt"
 
 
 def test_latest_checkpoint_skips_unreadable_ones(tmp_path, caplog):
@@ -326,23 +380,97 @@ def test_run_fingerprint_counts_the_global_batch_not_its_split(shard_index):
     assert fingerprint(**{"data.batch_size": 8, "highres.spec": "256px_0.5mpp"}) == base
 
 
-def test_run_pretrain_changed_recipe_does_not_resume_old_checkpoints(shard_index, tmp_path):
-    """A rerun with another recipe trains from step 0; the old checkpoints are moved aside."""
-    _run(shard_index, tmp_path)
-    _run(shard_index, tmp_path, overrides={"optim.base_lr": 0.001})
-    sidecar = json.loads((tmp_path / "pretrain.json").read_text())
+def test_run_pretrain_changed_recipe_does_not_resume_old_checkpoints(
+    shard_index, finished_run, tmp_path
+):
+    """A rerun with another recipe trains from step 0; the old checkpoints are moved aside.
+    Back to the first recipe, its checkpoints are moved back and it resumes at its last
+    step (it trained from step 0 again, its checkpoints left in stale-*/)."""
+    run = _copy(finished_run, tmp_path / "run")
+    first = json.loads((run / "run.json").read_text())["fingerprint"]
+    _run(shard_index, run, overrides={"optim.base_lr": 0.001})
+    sidecar = json.loads((run / "pretrain.json").read_text())
     assert sidecar["extra"]["resumed_from_step"] == 0
-    assert pd.read_csv(tmp_path / "metrics.csv")["step"].tolist() == [1, 2, 3, 4]
-    stale = list(tmp_path.glob("stale-*/checkpoints/last.ckpt"))
-    assert len(stale) == 1
+    assert pd.read_csv(run / "metrics.csv")["step"].tolist() == [1, 2, 3, 4]
+    stale = list(run.glob("stale-*/checkpoints/last.ckpt"))
+    assert [p.parent.parent.name for p in stale] == [f"stale-{first}"]
+
+    second = json.loads((run / "run.json").read_text())["fingerprint"]
+    _without_outputs(run)
+    _run(shard_index, run)
+    assert json.loads((run / "pretrain.json").read_text())["extra"]["resumed_from_step"] == 4
+    assert (run / "metrics.csv").read_bytes() == (finished_run / "metrics.csv").read_bytes()
+    stale = list(run.glob("stale-*/checkpoints/last.ckpt"))
+    assert [p.parent.parent.name for p in stale] == [f"stale-{second}"]
 
 
-def test_run_pretrain_same_recipe_resumes_finished_run(shard_index, tmp_path):
+def test_run_pretrain_same_recipe_resumes_finished_run(shard_index, finished_run, tmp_path):
     """Rerunning the same recipe, seed and data resumes at the last step and trains nothing."""
-    _run(shard_index, tmp_path)
-    _run(shard_index, tmp_path)
-    assert json.loads((tmp_path / "pretrain.json").read_text())["extra"]["resumed_from_step"] == 4
-    assert not list(tmp_path.glob("stale-*"))
+    run = _copy(finished_run, tmp_path / "run")
+    _run(shard_index, run)
+    assert json.loads((run / "pretrain.json").read_text())["extra"]["resumed_from_step"] == 4
+    assert not list(run.glob("stale-*"))
+
+
+def test_run_pretrain_finished_run_with_a_cut_off_last_ckpt_exports_the_furthest_one(
+    shard_index, finished_run, tmp_path, caplog
+):
+    """A full disk cut off the final last.ckpt: the rerun resumes the final step's
+    periodic checkpoint, exports the teacher from it (it read the cut-off last.ckpt, a
+    raw zip-reader error on every rerun) and rewrites last.ckpt from it."""
+    run = _copy(finished_run, tmp_path / "run")
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:4096])
+    _without_outputs(run)
+    _run(shard_index, run)
+    assert load_file(run / "encoder.safetensors").keys() == (
+        load_file(finished_run / "encoder.safetensors").keys()
+    )
+    for key, value in load_file(finished_run / "encoder.safetensors").items():
+        torch.testing.assert_close(load_file(run / "encoder.safetensors")[key], value, msg=key)
+    assert torch.load(last, weights_only=False, mmap=True)["global_step"] == 4
+    assert f"{last} is unreadable" in caplog.text
+
+
+def test_run_pretrain_finished_run_drops_malformed_metrics_rows(
+    shard_index, finished_run, tmp_path, caplog
+):
+    """A partial last line and a NUL-padded tail (an append cut off by a crash or a full
+    disk) are not copied to metrics.csv; a warning names the stream and the count."""
+    run = _copy(finished_run, tmp_path / "run")
+    stream = run / "metrics_stream.csv"
+    stream.write_bytes(stream.read_bytes() + b"5\r\n" + b"\x00" * 300)
+    _without_outputs(run)
+    _run(shard_index, run)
+    assert (run / "metrics.csv").read_bytes() == (finished_run / "metrics.csv").read_bytes()
+    assert f"{stream}: dropped 2 malformed row(s)" in caplog.text
+
+
+def test_run_pretrain_finished_run_without_its_metrics_stream_names_the_file(
+    shard_index, finished_run, tmp_path
+):
+    """Without metrics_stream.csv the run cannot write metrics.csv, a declared output (it
+    exited 0 without it): a ConfigError names the file and the fixes, before any step."""
+    run = _copy(finished_run, tmp_path / "run")
+    (run / "metrics_stream.csv").unlink()
+    _without_outputs(run)
+    with pytest.raises(ConfigError, match=r"metrics_stream.csv is missing.*steps 1-4.*touch"):
+        _run(shard_index, run)
+    assert not (run / "encoder.safetensors").exists()
+
+
+def test_metrics_csv_drops_malformed_rows_on_resume(tmp_path, caplog):
+    """Resuming at step 2 keeps the stream's well-formed rows up to it; a partial row and
+    a NUL-padded tail (a node crash) are dropped with a warning, not a ValueError."""
+    stream = tmp_path / "metrics_stream.csv"
+    good = [f"{step},1.5,1.0,0.5,0.0,0.001,0.04,0.996,0.04,0.5" for step in (1, 2, 3)]
+    header = "step,total,dino,ibot,koleo,lr,wd,momentum,teacher_temp,step_s"
+    stream.write_bytes("\r\n".join([header, *good, "4,1.2,"]).encode() + b"\r\n" + b"\x00" * 64)
+    MetricsCSV(stream, log_every_n_steps=1).on_train_start(
+        SimpleNamespace(is_global_zero=True, global_step=2), None
+    )
+    assert stream.read_text().splitlines() == [header, *good[:2]]
+    assert f"{stream}: dropped 2 malformed row(s)" in caplog.text
 
 
 def _srun_task(monkeypatch, rank: int, ntasks: int = 2) -> None:
@@ -361,12 +489,12 @@ def _srun_task(monkeypatch, rank: int, ntasks: int = 2) -> None:
 
 
 def test_run_pretrain_other_ranks_wait_for_rank_0_and_never_export(
-    shard_index, tmp_path, monkeypatch
+    shard_index, finished_run, tmp_path, monkeypatch
 ):
     """srun starts every rank at once: rank 1 of a finished run (the same global batch of
     4 as 2 x 2) neither moves checkpoints nor writes the outputs, which rank 0 owns (every
     rank exported, and raced, when all phases were done)."""
-    _run(shard_index, tmp_path)
+    tmp_path = _copy(finished_run, tmp_path / "run")
     outputs = [tmp_path / name for name in ("encoder.safetensors", "encoder.json", "pretrain.json")]
     for path in outputs:
         path.unlink()
@@ -384,6 +512,121 @@ def test_wait_for_claim_returns_on_this_runs_claim_and_names_the_folder_on_timeo
     wait_for_claim(tmp_path, "abc", timeout_s=0.0)
     with pytest.raises(TimeoutError, match=str(tmp_path)):
         wait_for_claim(tmp_path, "other", timeout_s=0.3)
+
+
+def _checkpoints_of(out: Path, step: int, tag: str) -> None:
+    """What a run leaves in ``out``: checkpoints at ``step``, a requeue one and the stream
+    (its content tagged, to tell runs apart)."""
+    (out / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": step}, out / "checkpoints" / "last.ckpt")
+    torch.save({"global_step": step - 1}, out / "hpc_ckpt_1.ckpt")
+    (out / "metrics_stream.csv").write_text(f"step\n{tag}\n")
+
+
+def _owner(out: Path) -> str:
+    """The tag of the run whose files are in ``out`` (see _checkpoints_of)."""
+    return (out / "metrics_stream.csv").read_text().split()[1]
+
+
+def test_claim_out_dir_brings_back_this_runs_checkpoints_after_another_run(tmp_path, caplog):
+    """Recipe A, then B by mistake, then A: A resumes from its checkpoints, which B's claim
+    had moved to stale-A/ (A trained from step 0 again, and the next switch to B crashed
+    on stale-A/checkpoints)."""
+    claim_out_dir(tmp_path, "aaa")
+    _checkpoints_of(tmp_path, 30, "A")
+    claim_out_dir(tmp_path, "bbb")
+    assert latest_checkpoint(tmp_path) is None
+    assert _owner(tmp_path / "stale-aaa") == "A"
+    _checkpoints_of(tmp_path, 2, "B")
+    for switch in range(3):
+        caplog.clear()
+        claim_out_dir(tmp_path, "aaa")
+        assert (_owner(tmp_path), latest_checkpoint(tmp_path)) == (
+            "A",
+            tmp_path / "checkpoints" / "last.ckpt",
+        )
+        assert sorted(p.name for p in tmp_path.glob("stale-*")) == ["stale-bbb"], switch
+        assert "resumes from them (step 30)" in caplog.text
+        wait_for_claim(tmp_path, "aaa", timeout_s=0.0)
+        claim_out_dir(tmp_path, "bbb")
+        assert _owner(tmp_path) == "B"
+        assert sorted(p.name for p in tmp_path.glob("stale-*")) == ["stale-aaa"], switch
+
+
+def test_claim_out_dir_never_merges_into_a_stale_folder_and_restores_the_furthest(tmp_path):
+    """A stale-<fp>/ that exists already (from before checkpoints were moved back, or run.json
+    lost twice) is never merged into, which failed with 'Directory not empty': the next
+    free stale-<fp>-<n> is taken. Of several, the one with the furthest readable
+    checkpoint is moved back."""
+    for name, step in (("stale-aaa", 5), ("stale-aaa-3", 50)):
+        _checkpoints_of(tmp_path / name, step, name)
+    (tmp_path / "stale-aaa-3" / "checkpoints" / "last.ckpt").write_bytes(b"cut off")
+    (tmp_path / "stale-aaa-3" / "hpc_ckpt_1.ckpt").write_bytes(b"")
+    # A trained from step 0 next to stale-aaa/ (before checkpoints were moved back).
+    (tmp_path / "run.json").write_text(json.dumps({"fingerprint": "aaa"}))
+    _checkpoints_of(tmp_path, 30, "A")
+    claim_out_dir(tmp_path, "bbb")
+    assert _owner(tmp_path / "stale-aaa-2") == "A"
+    _checkpoints_of(tmp_path, 2, "B")
+    claim_out_dir(tmp_path, "aaa")
+    assert _owner(tmp_path) == "A"
+    assert sorted(p.name for p in tmp_path.glob("stale-*")) == [
+        "stale-aaa",
+        "stale-aaa-3",
+        "stale-bbb",
+    ]
+
+    lost = tmp_path / "lost"
+    for n in range(3):  # run.json lost before each claim: the owner is unknown
+        _checkpoints_of(lost, 7, f"lost{n}")
+        (lost / "run.json").unlink(missing_ok=True)
+        claim_out_dir(lost, "ccc")
+    names = ["stale-unknown", "stale-unknown-2", "stale-unknown-3"]
+    assert [_owner(lost / name) for name in names] == ["lost0", "lost1", "lost2"]
+    assert latest_checkpoint(lost) is None
+
+
+def test_claim_out_dir_finishes_a_restore_cut_off_half_way(tmp_path):
+    """run.json names the stale folder being moved back until it is done: a claim cut off
+    there is finished by the next one, and other ranks wait until it is."""
+    _checkpoints_of(tmp_path / "stale-aaa", 30, "A")
+    (tmp_path / "run.json").write_text(json.dumps({"fingerprint": "aaa", "restoring": "stale-aaa"}))
+    with pytest.raises(TimeoutError):
+        wait_for_claim(tmp_path, "aaa", timeout_s=0.0)
+    claim_out_dir(tmp_path, "aaa")
+    assert _owner(tmp_path) == "A"
+    assert not list(tmp_path.glob("stale-*"))
+    wait_for_claim(tmp_path, "aaa", timeout_s=0.0)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'{"fingerprint": "aa', b'["aaa"]', b"\x00" * 64, b'{"fingerprint": "../x"}', b"\xff\xfe"],
+    ids=["truncated", "list", "nul", "path", "binary"],
+)
+def test_claim_out_dir_takes_an_unreadable_run_json_for_an_unknown_owner(tmp_path, caplog, content):
+    """A run.json that is cut off, not an object or not text names no owner: a warning
+    names it and the checkpoints go to stale-unknown/ (JSONDecodeError, AttributeError).
+    Other ranks keep waiting for rank 0's claim instead of failing."""
+    _checkpoints_of(tmp_path, 30, "X")
+    marker = tmp_path / "run.json"
+    marker.write_bytes(content)
+    with pytest.raises(TimeoutError):
+        wait_for_claim(tmp_path, "aaa", timeout_s=0.0)
+    claim_out_dir(tmp_path, "aaa")
+    assert f"{marker} is unreadable or holds no run fingerprint" in caplog.text
+    assert _owner(tmp_path / "stale-unknown") == "X"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "stale-unknown"]
+    wait_for_claim(tmp_path, "aaa", timeout_s=0.0)
+
+
+def test_claim_out_dir_names_a_directory_in_place_of_run_json(tmp_path):
+    """A directory at run.json's path is a ConfigError naming it and the fix, on rank 0 and
+    on the ranks that wait for it (an IsADirectoryError, or a 10-minute wait)."""
+    (tmp_path / "run.json").mkdir()
+    for claim in (claim_out_dir, wait_for_claim):
+        with pytest.raises(ConfigError, match=rf"{tmp_path / 'run.json'} is a directory.*rm -r"):
+            claim(tmp_path, "aaa")
 
 
 @pytest.mark.parametrize(

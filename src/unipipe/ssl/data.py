@@ -82,8 +82,11 @@ def _read_index(source: ShardSource) -> pd.DataFrame | None:
 def _store_specs(store: Path) -> list[dict[str, Any]]:
     try:
         return store_specs(store)
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as err:
+        raise ConfigError(
+            f"patch store {store} does not exist; pass the stores' current paths, or "
+            "re-run curation for that slide (rerun the workflow: write_shards rewrites it)"
+        ) from err
     except Exception as err:  # a broken zarr.json, or a group without the `specs` attribute
         raise ShardLayoutError(
             f"{store}: not a readable patch store ({type(err).__name__}: {err}); delete it "
@@ -313,19 +316,74 @@ def _phase_source(table: pd.DataFrame, phase: Phase, source: ShardSource) -> Pha
     )
 
 
+def _refuse_missing_groups(table: pd.DataFrame, phase: Phase, source: ShardSource) -> None:
+    """Refuse (store, spec) pairs the phase would read that are not on disk.
+
+    Only the group's ``zarr.json`` is looked at (one stat per pair; a second, of the store,
+    only for a pair that is missing), so this stays cheap for 100,000 stores; whether the
+    arrays inside can be read is left to the data module, which opens them.
+
+    Raises:
+        ConfigError: names the first stores and specs missing, the index and the fix.
+    """
+    rows, _ = _select_spec(table, phase.spec, key=phase.spec_key, source=source)
+    missing = [
+        (store, group, spec)
+        for store, group, spec in rows[["store", "group", "spec"]].itertuples(index=False)
+        if not (Path(store) / group / "zarr.json").is_file()
+    ]
+    if not missing:
+        return
+    listed = _describe(source)
+    named = "; ".join(
+        f"store {store} (tile spec {spec}) does not exist"
+        if not Path(store).is_dir()
+        else f"store {store} has no group {group!r} of tile spec {spec} "
+        f"(no {Path(store) / group / 'zarr.json'})"
+        for store, group, spec in missing[:3]
+    )
+    more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+    if isinstance(source, str | os.PathLike) and os.fspath(source).endswith(".parquet"):
+        fix = (
+            f"If the stores were moved, rebuild the index with build_dataset (delete {listed} "
+            "and rerun the workflow); if a store or its spec group was deleted, re-run "
+            "curation for that slide (delete the store and rerun the workflow: write_shards "
+            "rewrites it, build_dataset the index)"
+        )
+    else:
+        fix = (
+            "Pass the stores' current paths; if a store or its spec group was deleted, re-run "
+            "curation for that slide (delete the store and rerun the workflow: write_shards "
+            "rewrites it)"
+        )
+    which = f"{phase.spec_key}: {phase.spec or 'unset, the root spec'}"
+    raise ConfigError(
+        f"the {phase.name} phase ({which}) reads {len(missing)} (store, tile spec) pair(s) "
+        f"that {listed} lists but the disk lacks: {named}{more}. {fix}"
+    )
+
+
 def check_phases(source: ShardSource, config: PretrainConfig) -> list[PhaseSource]:
-    """Check, before training, that every phase's tile spec and crop sizes fit the stores.
+    """Check, before training, that every phase's tile spec and crop sizes fit the stores,
+    and that each (store, tile spec) pair a phase reads is on disk.
 
     A store that lacks a phase's spec while others hold it is left out of that phase with
     a warning naming it: curation writes a spec's group only where some tile of that size
     passed its keep rules, so a slide with too little tissue for a 512-px tile has none.
+    That is decided by the index (or, for a list of stores, by their ``specs``
+    attribute); a pair listed there whose store or group is gone from the disk (stores
+    moved after build_dataset, a group deleted) is an error, found here rather than when
+    the phase opens it, which for the high-res phase is after the whole main phase.
 
     Raises:
-        ConfigError: no store holds a phase's spec, the spec has no patches, or a crop is
-            larger than the patches it would be cut from.
+        ConfigError: no store holds a phase's spec, the spec has no patches, a crop is
+            larger than the patches it would be cut from, or a store or spec group the
+            phase reads is missing.
     """
     table = spec_table(source)
     checked = [_phase_source(table, phase, source) for phase in plan_phases(config)]
+    for item in checked:
+        _refuse_missing_groups(table, item.phase, source)
     for item in checked:
         lacking = item.stores_without_spec
         if lacking:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
+import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import warnings
@@ -64,6 +68,11 @@ METRIC_COLUMNS = (
 LAST_CKPT = "last.ckpt"
 # Fingerprint of the run that owns out_dir's checkpoints (see claim_out_dir).
 RUN_MARKER = "run.json"
+# The files a resume reads, which claim_out_dir moves aside and back as one.
+_RUN_FILES = ("checkpoints", "metrics_stream.csv")
+_REQUEUE_GLOB = "hpc_ckpt_*.ckpt"
+# A fingerprint names a folder (stale-<fp>, stale-<fp>-<n>): no separators, no dashes.
+_FINGERPRINT = re.compile(r"[0-9A-Za-z_]{1,64}")
 # Lightning notes that are expected here: the teacher is kept in eval mode on purpose, and
 # the module (not the data module) owns the device-side augmentation hook.
 _EXPECTED_WARNINGS = (
@@ -134,6 +143,54 @@ STRATEGIES: dict[str, Callable[[PretrainConfig], Any]] = {
 }
 
 
+def read_metrics(path: Path) -> list[list[str]]:
+    """The well-formed rows of a metrics stream, header left out, in file order.
+
+    A row is well formed when it has every column of ``METRIC_COLUMNS``, an integer step
+    and numbers (or blanks) elsewhere. Anything else is what an append cut off by a crash
+    or a full disk leaves (a partial line, a NUL-padded tail after a node crash): it is
+    dropped with a warning naming the file and how many rows, never copied, never fatal.
+    """
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    rows, dropped = [], 0
+    for row in csv.reader(io.StringIO(text)):
+        if not row or row == list(METRIC_COLUMNS):
+            continue
+        if _well_formed(row):
+            rows.append(row)
+        else:
+            dropped += 1
+    if dropped:
+        logger.warning(
+            "%s: dropped %d malformed row(s), cut off by a crash or a full disk while being "
+            "appended; the steps they held are missing from the metrics",
+            path,
+            dropped,
+        )
+    return rows
+
+
+def _well_formed(row: list[str]) -> bool:
+    if len(row) != len(METRIC_COLUMNS):
+        return False
+    try:
+        if int(row[0]) < 0:
+            return False
+        for value in row[1:]:
+            if value:
+                float(value)
+    except ValueError:  # also a NUL or a replacement character inside a number
+        return False
+    return True
+
+
+def _write_metrics(path: Path, rows: list[list[str]]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(METRIC_COLUMNS)
+        writer.writerows(rows)
+
+
 class MetricsCSV(Callback):
     """Streams one row per optimiser step (rank 0) to ``path``; keeps rows before a resume."""
 
@@ -143,18 +200,14 @@ class MetricsCSV(Callback):
         self._tick = time.perf_counter()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Drop rows of steps that will be recomputed after a resume."""
+        """Drop rows of steps that will be recomputed after a resume, and malformed rows."""
         if not trainer.is_global_zero:
             return
         rows = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            with open(self.path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= trainer.global_step]
-        with open(self.path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+            rows = [r for r in read_metrics(self.path) if int(r[0]) <= trainer.global_step]
+        _write_metrics(self.path, rows)
         self._tick = time.perf_counter()
 
     def on_train_batch_end(
@@ -290,47 +343,165 @@ def run_fingerprint(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _read_claim(marker: Path, *, warn: bool) -> dict[str, Any] | None:
+    """run.json's content, or None when it is absent or unreadable (a warning if ``warn``).
+
+    Raises:
+        ConfigError: a directory at run.json's path, naming it and the fix.
+    """
+    if marker.is_dir():
+        raise ConfigError(
+            f"{marker} is a directory; pretraining writes a file there recording which run "
+            f"owns the checkpoints in {marker.parent}. Remove it (rm -r '{marker}') and rerun"
+        )
+    try:
+        claim = json.loads(marker.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as err:  # truncated, NUL-padded, not UTF-8: content, not the disk
+        claim = err
+    fingerprint = claim.get("fingerprint") if isinstance(claim, dict) else None
+    if isinstance(fingerprint, str) and _FINGERPRINT.fullmatch(fingerprint):
+        return claim
+    if warn:
+        logger.warning(
+            "%s is unreadable or holds no run fingerprint (%s); the checkpoints next to it "
+            "are treated as another run's",
+            marker,
+            claim if isinstance(claim, Exception) else f"content {str(claim)[:80]!r}",
+        )
+    return None
+
+
+def _run_files(folder: Path) -> list[Path]:
+    paths = [folder / name for name in _RUN_FILES] + sorted(folder.glob(_REQUEUE_GLOB))
+    return [p for p in paths if p.exists()]
+
+
+def _set_aside(out_dir: Path, owner: str | None, paths: list[Path]) -> Path:
+    """Move ``paths`` into a new folder ``stale-<owner>`` (``-2``, ``-3``, ... when taken)."""
+    base = f"stale-{owner or 'unknown'}"
+    for n in itertools.count(1):
+        stale = out_dir / (base if n == 1 else f"{base}-{n}")
+        try:
+            stale.mkdir()
+            break
+        except FileExistsError:  # an earlier switch's: never merged into, never overwritten
+            pass
+    for path in paths:
+        os.replace(path, stale / path.name)
+    return stale
+
+
+def _stale_of(out_dir: Path, fingerprint: str) -> tuple[Path, int] | None:
+    """The folder of this run's moved-aside checkpoints to restore, and its furthest step.
+
+    Of ``stale-<fp>`` and ``stale-<fp>-<n>``, the one with the furthest readable
+    checkpoint; the plain one, then the lowest n, on a tie. Checkpoints of one fingerprint
+    are one recipe, seed, data and global batch, so every such folder continues the same
+    run and the furthest saves the most training; the plain name alone could be one whose
+    checkpoints were cut off by a kill, or an older copy of the run.
+    """
+    pattern = re.compile(rf"stale-{fingerprint}(?:-(\d+))?")
+    found = []
+    for folder in out_dir.glob(f"stale-{fingerprint}*"):
+        match = pattern.fullmatch(folder.name)
+        if match and folder.is_dir():
+            steps = [_readable_step(p) for p in _checkpoint_files(folder)]
+            steps = [step for step in steps if step is not None]
+            if steps:
+                found.append((max(steps), -int(match.group(1) or 1), folder))
+    if not found:
+        return None
+    step, _, folder = max(found)
+    return folder, step
+
+
+def _restore(out_dir: Path, stale: Path) -> None:
+    for path in _run_files(stale):
+        if not (out_dir / path.name).exists():  # moved back already by an interrupted claim
+            os.replace(path, out_dir / path.name)
+    with contextlib.suppress(OSError):  # something else was put there: left for a person
+        stale.rmdir()
+
+
 def claim_out_dir(out_dir: Path, fingerprint: str) -> None:
     """Keep the checkpoints in ``out_dir`` only if they were made by this very run.
 
     Resuming a changed recipe (or new shards) from old checkpoints would silently continue
-    the old run and export it, so checkpoints of another run are moved aside, not reused.
+    the old run and export it, so checkpoints of another run (``checkpoints/``,
+    ``metrics_stream.csv``, ``hpc_ckpt_*.ckpt``) are moved aside to a new folder
+    ``stale-<their fingerprint>``, not reused; ``stale-unknown`` when ``run.json`` is
+    missing or unreadable. A folder of that name that exists already is never merged into:
+    the next free ``stale-<fp>-2``, ``-3``, ... is taken.
+
+    Checkpoints this run left aside earlier (another recipe ran here in between) are moved
+    back, so it resumes from them: from the ``stale-<fingerprint>*`` folder with the
+    furthest readable checkpoint (see :func:`_stale_of`). ``stale-unknown*`` folders are
+    never restored, as nothing tells whose they are; move one back by hand if it is this
+    run's. ``run.json`` names the folder being restored until every file is back, so a
+    claim cut off half-way is finished by the next one, and :func:`wait_for_claim` lets
+    other ranks go on only once the restore is done.
+
+    Raises:
+        ConfigError: ``run.json`` is a directory.
     """
+    if not _FINGERPRINT.fullmatch(fingerprint):
+        raise ValueError(f"fingerprint {fingerprint!r} is not 1-64 letters, digits or _")
     marker = out_dir / RUN_MARKER
-    old = json.loads(marker.read_text()).get("fingerprint") if marker.exists() else None
+    claim = _read_claim(marker, warn=True)
+    old = claim["fingerprint"] if claim else None
     if old == fingerprint:
+        pending = claim.get("restoring")
+        if pending is not None:
+            stale = out_dir / str(pending)
+            if re.fullmatch(rf"stale-{fingerprint}(?:-\d+)?", str(pending)) and stale.is_dir():
+                _restore(out_dir, stale)
+            write_json(marker, {"fingerprint": fingerprint})
         return
-    leftovers = [out_dir / "checkpoints", out_dir / "metrics_stream.csv"]
-    leftovers += sorted(out_dir.glob("hpc_ckpt_*.ckpt"))
-    leftovers = [p for p in leftovers if p.exists()]
+    leftovers = _run_files(out_dir)
     if leftovers:
-        stale = out_dir / f"stale-{old or 'unknown'}"
-        stale.mkdir(exist_ok=True)
-        for path in leftovers:
-            os.replace(path, stale / path.name)
+        stale = _set_aside(out_dir, old, leftovers)
         logger.warning(
-            "checkpoints in %s come from another recipe, seed or data; moved them to %s and "
-            "training from step 0",
+            "checkpoints in %s come from another recipe, seed or data (run %s); moved them to %s",
             out_dir,
+            old or "unknown",
             stale,
         )
+    found = _stale_of(out_dir, fingerprint)
+    if found is not None:
+        stale, step = found
+        write_json(marker, {"fingerprint": fingerprint, "restoring": stale.name})
+        _restore(out_dir, stale)
+        logger.warning(
+            "%s holds this run's checkpoints, moved aside when another run used %s; moved "
+            "them back: the run resumes from them (step %d)",
+            stale,
+            out_dir,
+            step,
+        )
+    elif leftovers:
+        logger.warning("training from step 0 in %s", out_dir)
     write_json(marker, {"fingerprint": fingerprint})
 
 
 def wait_for_claim(out_dir: Path, fingerprint: str, *, timeout_s: float = 600.0) -> None:
-    """Wait until rank 0 has claimed ``out_dir`` for this run (see :func:`claim_out_dir`).
+    """Wait until rank 0 has claimed ``out_dir`` for this run (see :func:`claim_out_dir`),
+    including moving back checkpoints of this run from a ``stale-*`` folder.
+
+    An unreadable ``run.json`` (truncated, not JSON, not an object) is waited past: rank 0
+    replaces it.
 
     Raises:
         TimeoutError: no claim by this run within ``timeout_s``, naming the folder.
+        ConfigError: ``run.json`` is a directory (rank 0 stops on it too).
     """
     marker = out_dir / RUN_MARKER
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            if json.loads(marker.read_text()).get("fingerprint") == fingerprint:
-                return
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass  # not written yet, or being replaced
+        claim = _read_claim(marker, warn=False)
+        if claim and claim["fingerprint"] == fingerprint and "restoring" not in claim:
+            return
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"rank 0 did not claim {out_dir} for this run within {timeout_s:.0f} s "
@@ -354,6 +525,11 @@ def build_trainer(
         monitor="step",
         mode="max",
         save_last=True,
+        # Overwrite, never version: a name that exists already is this run's file of that
+        # step (or its last.ckpt) from before a resume. With versions, a resume from a
+        # checkpoint other than last.ckpt, or in a moved out_dir (Lightning then forgets
+        # which last.ckpt is its own), wrote last-v1.ckpt next to the old last.ckpt.
+        enable_version_counter=False,
     )
     plugins = [SLURMEnvironment(auto_requeue=t.slurm_requeue)] if SLURMEnvironment.detect() else []
     return L.Trainer(
@@ -387,8 +563,20 @@ def _readable_step(path: Path) -> int | None:
     try:
         return _checkpoint_step(path)
     except Exception as err:  # a save cut off by a kill or a full disk: truncated or empty
-        logger.warning("checkpoint %s is unreadable (%s); resuming from another one", path, err)
+        logger.warning("checkpoint %s is unreadable (%s); skipping it", path, err)
         return None
+
+
+def _checkpoint_files(out_dir: Path) -> list[Path]:
+    """Every checkpoint a resume may start from, last.ckpt first (it wins a tie)."""
+    ckpts = out_dir / "checkpoints"
+    candidates = [
+        ckpts / LAST_CKPT,
+        *sorted(ckpts.glob("last-v*.ckpt")),
+        *sorted(out_dir.glob(_REQUEUE_GLOB)),
+        *sorted(ckpts.glob("step*.ckpt")),
+    ]
+    return [p for p in candidates if p.is_file()]
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
@@ -397,17 +585,14 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     On SLURM's pre-emption signal Lightning saves ``hpc_ckpt_<n>.ckpt`` in ``out_dir`` and
     requeues the job; the requeued run continues from whichever checkpoint is furthest on.
     A checkpoint that cannot be read (a save cut off by a kill) is skipped with a warning,
-    so the periodic ``checkpoints/step*.ckpt`` still resume the run.
+    so the periodic ``checkpoints/step*.ckpt`` still resume the run. ``last-v<n>.ckpt``
+    count too: Lightning wrote them next to an older last.ckpt before build_trainer
+    turned its version counter off, and they may be the only copy of the latest step.
 
     Raises:
         ConfigError: checkpoints exist but none can be read.
     """
-    candidates = [
-        out_dir / "checkpoints" / LAST_CKPT,
-        *sorted(out_dir.glob("hpc_ckpt_*.ckpt")),
-        *sorted((out_dir / "checkpoints").glob("step*.ckpt")),
-    ]
-    steps = {p: _readable_step(p) for p in candidates if p.exists()}
+    steps = {p: _readable_step(p) for p in _checkpoint_files(out_dir)}
     readable = {p: step for p, step in steps.items() if step is not None}
     if not readable:
         if steps:
@@ -417,6 +602,22 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
             )
         return None
     return max(readable, key=readable.__getitem__)
+
+
+def _rewrite_last(checkpoint: Path, last: Path) -> None:
+    """Make last.ckpt a copy of ``checkpoint``, the furthest one of a finished run.
+
+    Not needed by any output, so a failure (the disk may still be full) is a warning.
+    """
+    try:
+        with atomic_path(last) as tmp:
+            shutil.copyfile(checkpoint, tmp)
+    except OSError as err:
+        logger.warning(
+            "could not rewrite %s from %s (%s); it stays as it was", last, checkpoint, err
+        )
+    else:
+        logger.info("rewrote %s from %s, the furthest readable checkpoint", last, checkpoint)
 
 
 def export_teacher(
@@ -463,7 +664,7 @@ def run_pretrain(
     sidecar: str | os.PathLike[str],
     seed: int,
 ) -> None:
-    """Train DINOv2 on the shards, resuming from out_dir/checkpoints/last.ckpt if present.
+    """Train DINOv2 on the shards, resuming from the furthest readable checkpoint in out_dir.
 
     Writes out_dir/checkpoints/ (every ``checkpoint.every_n_steps``, the last
     ``checkpoint.keep_last`` kept, plus last.ckpt), ``metrics_csv`` (one row per step:
@@ -471,12 +672,17 @@ def run_pretrain(
     backbone as ``encoder_safetensors`` + ``encoder_json``, and ``sidecar``.
 
     The main phase reads the tile spec ``data.spec`` of the stores, the high-res phase
-    ``highres.spec``; both are checked against the stores and the crop sizes before any
-    step is trained, and the sidecar records per phase the specs, stores and patches read.
+    ``highres.spec``; both are checked against the stores (each store and spec group read
+    must be on disk) and the crop sizes before any step is trained and before checkpoints
+    of another run are moved aside (:func:`claim_out_dir`), and the sidecar records per
+    phase the specs, stores and patches read. The teacher is exported from the checkpoint
+    saved last, or, when every phase was done, from the one resumed.
 
     Raises:
-        ConfigError: a phase's tile spec is in no store, or a crop is larger than the
-            patches it is cut from (at start-up, naming the key and the fix).
+        ConfigError: a phase's tile spec is in no store, a store or spec group it reads
+            is missing, a crop is larger than the patches it is cut from, or
+            checkpoints exist without ``metrics_stream.csv`` (at start-up, naming the key
+            or file and the fix).
         TrainingDivergedError: a loss term became NaN/inf (names the step and term).
     """
     out_dir = Path(out_dir)
@@ -498,6 +704,15 @@ def run_pretrain(
         wait_for_claim(out_dir, fingerprint)
     start = latest_checkpoint(out_dir)
     resumed = _checkpoint_step(start) if start else 0
+    if start is not None and not stream.exists():
+        # Checked here, before any step: at the end it would cost the steps trained.
+        raise ConfigError(
+            f"{stream} is missing, but {out_dir} holds checkpoints up to step {resumed} "
+            f"({start.name}), and the losses of steps 1-{resumed} that metrics.csv records "
+            "cannot be rebuilt from checkpoints. Put the file back (a copy, or a stale-*/ "
+            f"folder's), or create it empty (touch '{stream}') to accept a metrics.csv "
+            f"without those steps, or move {out_dir / 'checkpoints'} away to train from step 0"
+        )
     done, module, trainer, img_size = resumed, None, None, config.crops.global_size
     for reads in plan:
         phase = reads.phase
@@ -537,16 +752,21 @@ def run_pretrain(
 
     if not first.is_global_zero:  # also when every phase was done and nothing trained
         return
+    if start is None:
+        raise ConfigError(f"no step to train or export in {out_dir}: check schedule.total_steps")
+    # The checkpoint saved last, or, when nothing was left to train, the one resumed: a
+    # last.ckpt cut off by a full disk is unreadable although the run is finished.
     export_teacher(
-        last,
+        start,
         config,
         encoder_safetensors=Path(encoder_safetensors),
         encoder_json=Path(encoder_json),
         img_size=img_size,
     )
-    if stream.exists():
-        with atomic_path(metrics_csv) as tmp:
-            shutil.copyfile(stream, tmp)
+    if start != last:
+        _rewrite_last(start, last)
+    with atomic_path(metrics_csv) as tmp:
+        _write_metrics(tmp, read_metrics(stream))
     inputs = (
         [index_parquet] if isinstance(index_parquet, str | os.PathLike) else list(index_parquet)
     )
