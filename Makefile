@@ -38,5 +38,6 @@ format: setup
 	$(BIN)/snakefmt Snakefile workflow/rules
 
 
+# .snakemake/ stays: it records how the outputs of every results_dir were made.
 clean:
-	rm -rf results logs .snakemake
+	rm -rf results logs

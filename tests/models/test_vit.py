@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import timm
@@ -70,3 +72,19 @@ def test_save_encoder_json_keys_and_plain_timm_load(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(plain(x), model(x))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_save_encoder_weights_follow_the_umask(tmp_path, umask):
+    """The weights are readable as the umask allows, like every other output (safetensors
+    alone writes 0600, so colleagues could not read a shared run's encoder)."""
+    model = build_vit("vit_tiny_patch16_224", img_size=32)
+    old = os.umask(umask)
+    try:
+        save_encoder(
+            model, tmp_path / "e.safetensors", tmp_path / "e.json", arch="vit_tiny_patch16_224",
+            kwargs={"img_size": 32}, mean=(0.5,) * 3, std=(0.5,) * 3, patch_size=16, img_size=32,
+        )  # fmt: skip
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "e.safetensors").stat().st_mode) == 0o666 & ~umask

@@ -82,6 +82,12 @@ def build_vit(arch: str, **kwargs: Any) -> nn.Module:
     return timm.create_model(arch, pretrained=False, **_fixed_kwargs(kwargs))
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def save_encoder(
     model: nn.Module,
     safetensors_path: str | os.PathLike[str],
@@ -118,6 +124,9 @@ def save_encoder(
     )
     with atomic_path(safetensors_path) as tmp:
         save_file(state, os.fspath(tmp), metadata={"arch": arch})
+        # safetensors creates its file 0600 whatever the umask; colleagues sharing a
+        # results folder must be able to read the weights like every other output.
+        os.chmod(tmp, 0o666 & ~_umask())
     payload = dataclasses.asdict(meta)
     json_dir = os.path.dirname(os.path.abspath(os.fspath(json_path)))
     payload["weights"] = os.path.relpath(os.path.abspath(os.fspath(safetensors_path)), json_dir)
