@@ -81,8 +81,21 @@ _EXPECTED_WARNINGS = (
     # FSDP2 on the backbone's CLS / patch views: nothing here modifies them in place.
     r".*returned a view tensor. An in-place op on this view.*",
     # The sampler resumes by step (PretrainDataModule), which Lightning cannot see.
-    r".*train_dataloader.*not resumable.*",
+    r".*your dataloader is not resumable.*",
+    # Lightning's hint whenever srun exists on the machine: unipipe starts ranks with srun
+    # itself where a profile asks for several tasks (unipipe.ssl.cli.launch_command).
+    r".*The `srun` command is available on your system but is not used.*",
 )
+
+
+@contextlib.contextmanager
+def _expected_warnings_hidden():
+    with warnings.catch_warnings():
+        for message in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
 # Recipe fields that do not change what is trained: changing them keeps the checkpoints.
 # The layout keys (per-device batch, devices, nodes, strategy) are replaced by the global
 # batch they make and the checkpoint format, the spec keys by the tile specs they resolve
@@ -694,7 +707,10 @@ def run_pretrain(
     logger.info("pretraining with %s", config.to_dict())
 
     plan = check_phases(index_parquet, config)  # before any checkpoint is moved or step run
-    first = build_trainer(config, out_dir=out_dir, max_steps=plan[0].phase.end, metrics_path=stream)
+    with _expected_warnings_hidden():
+        first = build_trainer(
+            config, out_dir=out_dir, max_steps=plan[0].phase.end, metrics_path=stream
+        )
     fingerprint = run_fingerprint(config, seed, index_parquet, world_size=first.world_size)
     # Ranks that srun starts together all get here at once: only rank 0 moves stale
     # checkpoints aside; the others wait for its claim before they look for one to resume.
@@ -719,11 +735,14 @@ def run_pretrain(
         img_size = phase.global_size
         if done >= phase.end:
             continue
-        trainer = (
-            first
-            if phase is plan[0].phase
-            else build_trainer(config, out_dir=out_dir, max_steps=phase.end, metrics_path=stream)
-        )
+        with _expected_warnings_hidden():
+            trainer = (
+                first
+                if phase is plan[0].phase
+                else build_trainer(
+                    config, out_dir=out_dir, max_steps=phase.end, metrics_path=stream
+                )
+            )
         if module is None:
             global_batch = config.data.batch_size * trainer.world_size
             module = DINOv2Module(config, global_batch=global_batch, seed=seed)
@@ -739,9 +758,7 @@ def run_pretrain(
             "/".join(reads.specs),
             done,
         )
-        with warnings.catch_warnings():
-            for message in _EXPECTED_WARNINGS:
-                warnings.filterwarnings("ignore", message=message)
+        with _expected_warnings_hidden():
             trainer.fit(module, datamodule=data, ckpt_path=start)
         trainer.save_checkpoint(last)
         # The last step's gradients are left on the parameters. Under FSDP the next phase
