@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES) --profile profiles/local
 
 test: setup
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --durations=30
 
 test-fast: setup
 	$(BIN)/pytest -n 2 -m "not slow"

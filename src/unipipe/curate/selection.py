@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
 
 from unipipe.curate.features import FEATURE_NAMES, patch_features
 from unipipe.curate.mosaic import write_mosaic
@@ -141,6 +140,8 @@ def cluster_features(
     k = min(n_clusters, len(np.unique(z.round(9), axis=0)))
     if k <= 1:
         return np.zeros(n, dtype=np.int64)
+    from sklearn.cluster import KMeans  # ~2 s to import: only where curation clusters
+
     labels = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(z)
     sizes = np.bincount(labels, minlength=k)
     first = np.array([np.flatnonzero(labels == c)[0] for c in range(k)])

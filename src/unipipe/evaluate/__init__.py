@@ -1,12 +1,35 @@
-"""Evaluation on frozen features: metrics, protocols (registered on import), tasks, stages."""
+"""Evaluation on frozen features: metrics, protocols (registered on import), tasks, stages.
+
+fewshot and retrieval register their ROI protocols when this package loads, so that
+``PROTOCOLS`` is whole wherever it is read. The other names load their modules on first
+use: the workflow reads the registries when it parses the Snakefile, and the slide and
+segmentation stacks need not come with every Snakemake start and cluster job.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from unipipe.evaluate import fewshot, retrieval  # noqa: F401  (register their protocols)
 from unipipe.evaluate.metrics import METRICS, compute_metrics
 from unipipe.evaluate.protocols import PROTOCOLS, get_protocol
-from unipipe.evaluate.run import run_evaluate
-from unipipe.evaluate.segmentation import run_segmentation_probe
-from unipipe.evaluate.slides import SLIDE_PROTOCOLS, run_evaluate_slides
-from unipipe.evaluate.tasks import Task, load_task_registry, task_status
+
+if TYPE_CHECKING:
+    from unipipe.evaluate.run import run_evaluate
+    from unipipe.evaluate.segmentation import run_segmentation_probe
+    from unipipe.evaluate.slides import SLIDE_PROTOCOLS, run_evaluate_slides
+    from unipipe.evaluate.tasks import Task, load_task_registry, task_status
+
+_HOMES = {
+    "run_evaluate": "unipipe.evaluate.run",
+    "run_segmentation_probe": "unipipe.evaluate.segmentation",
+    "SLIDE_PROTOCOLS": "unipipe.evaluate.slides",
+    "run_evaluate_slides": "unipipe.evaluate.slides",
+    "Task": "unipipe.evaluate.tasks",
+    "load_task_registry": "unipipe.evaluate.tasks",
+    "task_status": "unipipe.evaluate.tasks",
+}
 
 __all__ = [
     "METRICS",
@@ -21,3 +44,9 @@ __all__ = [
     "run_segmentation_probe",
     "task_status",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'unipipe.evaluate' has no attribute {name!r}")

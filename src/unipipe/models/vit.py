@@ -9,7 +9,6 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import timm
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -75,6 +74,8 @@ def build_vit(arch: str, **kwargs: Any) -> nn.Module:
     Returns:
         The model; ``model(x)`` maps (B, 3, H, W) normalised images to (B, embed_dim).
     """
+    import timm  # torchvision comes with it, ~3 s: not at every Snakefile parse
+
     if arch not in timm.list_models():
         raise ConfigError(
             f"model.arch {arch!r} is not a timm model; see `timm.list_models('vit*')`"

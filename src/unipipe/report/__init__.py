@@ -1,7 +1,30 @@
-"""The final report: summary.csv and a static index.html with curation, training and metrics."""
+"""The final report: summary.csv and a static index.html with curation, training and metrics.
 
-from unipipe.report.compare import comparison_table, run_compare_encoders
-from unipipe.report.heatmaps import render_slide_heatmaps
-from unipipe.report.run import run_report
+The names below load their modules on first use: the workflow reads
+``unipipe.report.compare`` when it parses the Snakefile, and matplotlib need not come with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from unipipe.report.compare import comparison_table, run_compare_encoders
+    from unipipe.report.heatmaps import render_slide_heatmaps
+    from unipipe.report.run import run_report
+
+_HOMES = {
+    "comparison_table": "unipipe.report.compare",
+    "run_compare_encoders": "unipipe.report.compare",
+    "render_slide_heatmaps": "unipipe.report.heatmaps",
+    "run_report": "unipipe.report.run",
+}
 
 __all__ = ["comparison_table", "render_slide_heatmaps", "run_compare_encoders", "run_report"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'unipipe.report' has no attribute {name!r}")
