@@ -29,7 +29,8 @@ def _snakefile_imports() -> list[str]:
 
 def test_snakefile_parse_imports_no_training_or_plotting_stack():
     modules = _snakefile_imports()
-    assert "unipipe.ssl.config" in modules and "unipipe.embed.encoders" in modules
+    assert "unipipe.ssl.config" in modules
+    assert "unipipe.embed.encoders" in modules
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
