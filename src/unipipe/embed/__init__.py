@@ -7,8 +7,9 @@ Snakemake start and cluster job would otherwise import the whole embedding stack
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from unipipe.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from unipipe.embed.datasets import DATASET_ADAPTERS, build_dataset
@@ -36,8 +37,4 @@ __all__ = [
     "run_embed_wsi",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'unipipe.embed' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _HOMES)

@@ -8,12 +8,12 @@ segmentation stacks need not come with every Snakemake start and cluster job.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from unipipe.evaluate import fewshot, retrieval  # noqa: F401  (register their protocols)
 from unipipe.evaluate.metrics import METRICS, compute_metrics
 from unipipe.evaluate.protocols import PROTOCOLS, get_protocol
+from unipipe.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from unipipe.evaluate.run import run_evaluate
@@ -45,8 +45,4 @@ __all__ = [
     "task_status",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'unipipe.evaluate' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _HOMES)

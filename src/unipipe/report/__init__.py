@@ -6,8 +6,9 @@ The names below load their modules on first use: the workflow reads
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from unipipe.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from unipipe.report.compare import comparison_table, run_compare_encoders
@@ -23,8 +24,4 @@ _HOMES = {
 
 __all__ = ["comparison_table", "render_slide_heatmaps", "run_compare_encoders", "run_report"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'unipipe.report' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _HOMES)

@@ -7,8 +7,9 @@ add seconds to every Snakemake start and every cluster job's.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from unipipe.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from unipipe.ssl.config import PretrainConfig
@@ -24,8 +25,4 @@ _HOMES = {
     "run_pretrain": "unipipe.ssl.train",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'unipipe.ssl' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _HOMES)
